@@ -1,0 +1,58 @@
+"""User-facing errors: one line on stderr, exit code 2, no traceback.
+
+Scripts raise `UserError` for anything the user can fix (a wrong path, an absent device, a bad size) and start
+through `run_main`, which turns it into `error: <message>` and exit status 2. Programming errors still raise.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """Something the user can fix. The message says what is wrong and how to fix it, in one line."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage block), so every bad input reads the same way."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        sys.stderr.write(f"error: {message} (see --help)\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def positive_int(text: str) -> int:
+    """argparse type for sizes and counts that must be >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type for counts where 0 is meaningful (e.g. warm-up iterations)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def run_main(main, args) -> int:
+    """Call `main(args)`; a UserError becomes one stderr line and exit code 2. Returns main's exit code."""
+    try:
+        code = main(args)
+    except UserError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+    return int(code or 0)

@@ -1,0 +1,115 @@
+"""Result files: atomic JSON with run metadata, crash-safe JSONL logs.
+
+Every number in a readme comes from one of these files, so each carries what is needed to reproduce it: the
+command, the git commit, the date, the device name, the dtype and the library versions.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+from importlib import metadata as _metadata
+from pathlib import Path
+
+from .errors import UserError
+
+LIBRARIES = ("torch", "transformers", "sentence-transformers", "torch_npu", "numpy", "tokenizers")
+
+
+def library_versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = _metadata.version(name)
+        except _metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
+    """HEAD's hash, with '-dirty' when tracked files have uncommitted changes; None outside a checkout."""
+    cwd = cwd or Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run_metadata(device=None, dtype: str | None = None, argv: list[str] | None = None) -> dict:
+    """What produced a result: command line, commit, UTC date, machine, device, dtype, versions, threads."""
+    import torch
+
+    from .device import device_name
+
+    argv = list(sys.argv if argv is None else argv)
+    return {
+        "command": "python " + " ".join(shlex.quote(a) for a in argv),
+        "git_commit": git_commit(),
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "device": None if device is None else str(device),
+        "device_name": None if device is None else device_name(device),
+        "dtype": dtype,
+        "torch_threads": torch.get_num_threads(),
+        "versions": library_versions(),
+    }
+
+
+def write_json(path: str | os.PathLike, obj) -> Path:
+    """Write JSON atomically: a temp file in the same folder, fsync, then rename over the target."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, ensure_ascii=False, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def append_jsonl(path: str | os.PathLike, record: dict) -> None:
+    """Append one record as a line and fsync, so a crash loses at most the line being written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Read a JSONL log for resuming. A torn last line (crash mid-write) is dropped; corruption elsewhere is an
+    error, and the file is left untouched so nothing is lost."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    lines = path.read_text(encoding="utf-8", errors="strict").split("\n")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            torn_tail = number == len(lines) and not path.read_bytes().endswith(b"\n")
+            if torn_tail:
+                break
+            raise UserError(f"{path} line {number} is not valid JSON; fix or move the file away, then rerun "
+                            "(it was not modified)") from None
+    return records
