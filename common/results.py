@@ -71,6 +71,7 @@ def write_json(path: str | os.PathLike, obj) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a result file should follow the umask like open()
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=2, ensure_ascii=False, allow_nan=False)
             f.write("\n")
@@ -81,6 +82,12 @@ def write_json(path: str | os.PathLike, obj) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
@@ -100,15 +107,14 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     if not path.exists():
         return []
     records = []
-    lines = path.read_text(encoding="utf-8", errors="strict").split("\n")
+    lines = path.read_bytes().split(b"\n")  # bytes: a torn tail may end inside a multi-byte UTF-8 character
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            torn_tail = number == len(lines) and not path.read_bytes().endswith(b"\n")
-            if torn_tail:
+            records.append(json.loads(line.decode("utf-8")))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            if number == len(lines):  # the last piece has no newline: torn by a crash mid-write, drop it
                 break
             raise UserError(f"{path} line {number} is not valid JSON; fix or move the file away, then rerun "
                             "(it was not modified)") from None

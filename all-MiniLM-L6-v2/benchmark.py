@@ -1,0 +1,237 @@
+"""Throughput and latency of MiniLMEncoder against SentenceTransformer.encode, same texts, same run.
+
+    python benchmark.py                                   # CPU fp32, batch sizes 1,4,16,32,64, 2,000 texts
+    python benchmark.py --dtype bf16 --batch_sizes 32
+    python benchmark.py --compile --device npu --dtype bf16
+
+Each (implementation, batch size) gets an untimed warm-up on a slice of the workload, then --repeats timed passes
+over the whole workload; throughput is the median pass. Per-batch latencies (ours) come from every timed batch.
+The peer is what a user would otherwise run: SentenceTransformer(model).encode(texts, batch_size=...) in fp32.
+Writes results/benchmark_<device>_<dtype>[_compiled].json and a PNG plot beside it.
+"""
+from __future__ import annotations
+
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from common.device import peak_memory, reset_peak_memory, synchronize  # noqa: E402
+from common.errors import ArgumentParser, UserError, positive_int, run_main  # noqa: E402
+from common.results import run_metadata, write_json  # noqa: E402
+from common.textio import read_lines  # noqa: E402
+from common.timing import Stopwatch, summarize  # noqa: E402
+from inference import MiniLMEncoder  # noqa: E402
+
+DEFAULT_BATCH_SIZES = "1,4,16,32,64"  # from single-request latency to bulk throughput
+DEFAULT_NUM_TEXTS = 2000  # large enough that one pass at batch 64 lasts several seconds on a 2-core CPU
+WORDS_MIN, WORDS_MAX = 5, 60  # sentence lengths of the synthetic workload, uniform in words
+SEED = 0  # fixed workload: every run and every machine times the same texts
+WARMUP_BATCHES = 3  # untimed batches per configuration (compiled graphs, allocator, oneDNN primitive caches)
+GEMM_PROBE_SIZE = 2048  # square matmul used to measure this device's dense peak for the utilisation figure
+VOCAB = ("time person year way day thing man world life hand part child eye woman place work week case point "
+         "government company number group problem fact be have do say get make go know take see come think look "
+         "want give use find tell ask seem feel try leave call good new first last long great little own other "
+         "old right big high different small large next early young important few public bad same able to of in "
+         "for on with at by from up about into over after the a that it not he as you this but his they her she "
+         "or an will my one all would there their river market music data model system energy light water city "
+         "report student history science morning evening quickly slowly never always often because although").split()
+
+
+def synthetic_texts(n: int, seed: int = SEED) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(VOCAB) for _ in range(rng.randint(WORDS_MIN, WORDS_MAX))).capitalize() + "."
+            for _ in range(n)]
+
+
+def model_flops(token_counts, hidden: int, intermediate: int, layers: int) -> float:
+    """Forward FLOPs over real tokens: the linear layers (2*n*params) plus attention scores and mixing (4*n^2*h)."""
+    per_token = 2 * (4 * hidden * hidden + 2 * hidden * intermediate)
+    return float(sum(layers * (n * per_token + 4 * n * n * hidden) for n in token_counts))
+
+
+def gemm_peak_gflops(device, dtype) -> float:
+    """Measured dense matmul rate of this device in this dtype: the honest ceiling for the utilisation figure."""
+    a = torch.randn(GEMM_PROBE_SIZE, GEMM_PROBE_SIZE, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ a
+    with Stopwatch(device) as sw:
+        for _ in range(5):
+            a @ a
+    return 5 * 2 * GEMM_PROBE_SIZE ** 3 / sw.seconds / 1e9
+
+
+def time_passes(run_pass, repeats: int, device) -> list[float]:
+    samples = []
+    for _ in range(repeats):
+        with Stopwatch(device) as sw:
+            run_pass()
+        samples.append(sw.seconds)
+    return samples
+
+
+def bench_ours(encoder: MiniLMEncoder, texts, batch_size: int, repeats: int) -> tuple[dict, np.ndarray]:
+    encoder.encode(texts[: batch_size * WARMUP_BATCHES], batch_size=batch_size, show_progress=False)
+    reset_peak_memory(encoder.device)
+    latencies, out = [], None
+
+    def run_pass():
+        nonlocal out
+        out = encoder.encode(texts, batch_size=batch_size, show_progress=False)
+        latencies.extend(encoder.last_stats["batch_seconds"])
+
+    seconds = time_passes(run_pass, repeats, encoder.device)
+    stats = encoder.last_stats
+    median = statistics.median(seconds)
+    return {"pass_seconds": seconds, "texts_per_s": len(texts) / median, "tokens_per_s": stats["tokens"] / median,
+            "batch_latency": summarize(latencies), "padded_tokens": stats["padded_tokens"],
+            "peak_memory": peak_memory(encoder.device)}, out
+
+
+def bench_peer(peer, texts, batch_size: int, repeats: int, tokens: int, device) -> tuple[dict, np.ndarray]:
+    kwargs = dict(batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    peer.encode(texts[: batch_size * WARMUP_BATCHES], **kwargs)
+    out = None
+
+    def run_pass():
+        nonlocal out
+        out = peer.encode(texts, **kwargs)
+
+    seconds = time_passes(run_pass, repeats, device)
+    median = statistics.median(seconds)
+    return {"pass_seconds": seconds, "texts_per_s": len(texts) / median, "tokens_per_s": tokens / median,
+            "mean_batch_ms": median / -(-len(texts) // batch_size) * 1e3}, out
+
+
+def compare(ours: np.ndarray, peer: np.ndarray) -> dict:
+    a, b = ours.astype(np.float64), peer.astype(np.float64)
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return {"max_abs_diff": float(np.abs(a - b).max()), "cosine_mean": float(cos.mean()),
+            "cosine_min": float(cos.min())}
+
+
+def run_sweep(encoder, peer, texts, batch_sizes, repeats) -> list[dict]:
+    config = encoder.model.config if not encoder.compiled else encoder.model._orig_mod.config
+    ids, _ = encoder.tokenize(texts)
+    flops = model_flops([len(s) for s in ids], config.hidden_size, config.intermediate_size,
+                        config.num_hidden_layers)
+    rows = []
+    for batch_size in tqdm(batch_sizes, desc="batch sizes", unit="config"):
+        ours, ours_out = bench_ours(encoder, texts, batch_size, repeats)
+        row = {"batch_size": batch_size, "ours": ours,
+               "ours_gflops_per_s": flops / statistics.median(ours["pass_seconds"]) / 1e9}
+        if peer is not None:
+            row["peer"], peer_out = bench_peer(peer, texts, batch_size, repeats,
+                                                   encoder.last_stats["tokens"], encoder.device)
+            row["speedup"] = ours["texts_per_s"] / row["peer"]["texts_per_s"]
+            row["vs_peer"] = compare(ours_out, peer_out)
+        rows.append(row)
+        tqdm.write(format_row(row))
+    return rows
+
+
+def format_row(row: dict) -> str:
+    ours = row["ours"]
+    text = (f"batch {row['batch_size']:>3}: ours {ours['texts_per_s']:8.1f} texts/s "
+            f"(p50 {ours['batch_latency']['p50_ms']:.1f} ms, p99 {ours['batch_latency']['p99_ms']:.1f} ms/batch)")
+    if "peer" in row:
+        text += (f" | SentenceTransformer {row['peer']['texts_per_s']:8.1f} texts/s | x{row['speedup']:.2f}"
+                 f" | max|diff| {row['vs_peer']['max_abs_diff']:.2e}, cos {row['vs_peer']['cosine_mean']:.6f}")
+    return text
+
+
+def plot(rows: list[dict], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [r["batch_size"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.plot(sizes, [r["ours"]["texts_per_s"] for r in rows], "o-", label="MiniLMEncoder (this port)")
+    if rows and "peer" in rows[0]:
+        left.plot(sizes, [r["peer"]["texts_per_s"] for r in rows], "s--", label="SentenceTransformer.encode")
+    left.set(xscale="log", xlabel="batch size", ylabel="texts / s", title="throughput")
+    left.set_xticks(sizes, [str(s) for s in sizes])
+    left.legend()
+    for key, style in (("p50_ms", "o-"), ("p90_ms", "^-"), ("p99_ms", "v-")):
+        right.plot(sizes, [r["ours"]["batch_latency"][key] for r in rows], style, label=key.replace("_ms", ""))
+    right.set(xscale="log", yscale="log", xlabel="batch size", ylabel="ms per batch", title="latency (this port)")
+    right.set_xticks(sizes, [str(s) for s in sizes])
+    right.legend()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise UserError(f"--batch_sizes {text!r} must be a comma-separated list of whole numbers >= 1, e.g. 1,8,32")
+    return sizes
+
+
+def main(args) -> int:
+    batch_sizes = parse_batch_sizes(args.batch_sizes)
+    texts = read_lines(args.batch_file, "--batch_file")[0] if args.batch_file else synthetic_texts(args.num_texts)
+    encoder = MiniLMEncoder(args.model_path, args.device, args.dtype, compile=args.compile)
+    start = time.perf_counter()
+    encoder.encode(texts[:64], batch_size=32, show_progress=False)  # first call: compilation happens here
+    first_call_s = time.perf_counter() - start
+    peer = None
+    if not args.no_peer:
+        from sentence_transformers import SentenceTransformer
+
+        peer = SentenceTransformer(str(encoder.model_dir), device=str(encoder.device))
+    label = f"{encoder.device.type}_{encoder.dtype_name}{'_compiled' if args.compile else ''}"
+    print(f"{len(texts)} texts, batch sizes {batch_sizes}, {args.repeats} timed passes each, {label}")
+    rows = run_sweep(encoder, peer, texts, batch_sizes, args.repeats)
+    synchronize(encoder.device)
+    output = Path(args.output or HERE / "results" / f"benchmark_{label}.json")
+    meta = run_metadata(encoder.device, encoder.dtype_name)
+    result = {"meta": meta, "model": str(encoder.model_dir), "label": label, "compiled": args.compile,
+              "workload": {"texts": len(texts), "source": args.batch_file or f"synthetic seed={SEED}",
+                           "tokens": encoder.last_stats["tokens"], "truncated": encoder.last_stats["truncated"]},
+              "repeats": args.repeats, "first_call_seconds": first_call_s,
+              "gemm_peak_gflops": gemm_peak_gflops(encoder.device, encoder.dtype),
+              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "rows": rows}
+    write_json(output, result)
+    plot(rows, f"all-MiniLM-L6-v2 {label} on {meta['device_name']}", output.with_suffix(".png"))
+    print(f"first call {first_call_s:.1f} s; measured {encoder.dtype_name} GEMM peak "
+          f"{result['gemm_peak_gflops']:.0f} GFLOP/s")
+    print(f"wrote {output} and {output.with_suffix('.png')}")
+    return 0
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(description="Benchmark MiniLMEncoder vs SentenceTransformer.encode.")
+    p.add_argument("--batch_sizes", default=DEFAULT_BATCH_SIZES, help="comma-separated, e.g. 1,4,16,32,64")
+    p.add_argument("--num_texts", type=positive_int, default=DEFAULT_NUM_TEXTS, help="size of the synthetic workload")
+    p.add_argument("--batch_file", help="benchmark these texts (one per line) instead of the synthetic workload")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed passes per configuration")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | npu[:N] | mps")
+    p.add_argument("--dtype", default="auto", help="auto | fp32 | bf16 | fp16")
+    p.add_argument("--model_path", default=None, help="model folder or hub id (default: the embedded weights)")
+    p.add_argument("--compile", action="store_true", help="benchmark the torch.compile path")
+    p.add_argument("--no_peer", action="store_true", help="skip SentenceTransformer (e.g. when it is not installed)")
+    p.add_argument("--output", help="result JSON (default results/benchmark_<device>_<dtype>[_compiled].json)")
+    return p
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main, build_parser().parse_args()))

@@ -1,0 +1,111 @@
+"""Parity of all-MiniLM-L6-v2 on a device+dtype against the CPU float32 reference.
+
+    python eval_accuracy.py --device npu --dtype bf16
+    python eval_accuracy.py --device cpu --dtype fp32 --file my_texts.txt
+
+Both sides encode the same texts; the metrics (common.metrics.parity, computed in float64) are taken on the
+normalised sentence embeddings (what users consume) and on the token states before pooling (where a kernel bug
+would show first). PASS needs both within the thresholds of the dtype under test. Exit code 1 on FAIL.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from common.errors import ArgumentParser, run_main  # noqa: E402
+from common.metrics import format_parity, parity  # noqa: E402
+from common.results import run_metadata, write_json  # noqa: E402
+from common.textio import read_lines  # noqa: E402
+from inference import MiniLMEncoder  # noqa: E402
+
+# The seed's protocol: 24 fixed texts covering scripts, punctuation, digits and lengths from one word to ~250 tokens.
+PROBE_TEXTS = [
+    "Hello!",
+    "A man is playing a guitar.",
+    "A person plays an acoustic guitar on stage.",
+    "The cat sat on the mat, and then it fell asleep.",
+    "Quarterly revenue rose 12.5% to $4.31 billion, beating estimates of $4.2 billion.",
+    "Call 555-0199 before 09:30 on 2024-03-15; ask for room 42B.",
+    "What?!... No way -- that's (really) \"unbelievable\" :-)",
+    "The mitochondria is the powerhouse of the cell.",
+    "Photosynthesis converts light energy into chemical energy stored in glucose.",
+    "He didn't go to the party because he wasn't feeling well.",
+    "Le chat dort sur le canapé pendant que la pluie tombe.",
+    "Je voudrais réserver une table pour deux personnes ce soir.",
+    "L'intelligence artificielle transforme la recherche scientifique.",
+    "今天天气很好，我们去公园散步吧。",
+    "机器学习是人工智能的一个分支。",
+    "北京是中国的首都。",
+    "Der schnelle braune Fuchs springt über den faulen Hund.",
+    "¿Dónde está la estación de tren más cercana?",
+    "def add(a, b): return a + b  # adds two numbers",
+    "SELECT name, COUNT(*) FROM users GROUP BY name HAVING COUNT(*) > 1;",
+    "Ascend NPUs run PyTorch models through the torch_npu adapter.",
+    "a",
+    " ".join(["The committee reviewed the proposal in detail, weighing its costs against the expected benefits"
+              " for the community over the next decade."] * 12),  # ~270 tokens: exercises truncation at 256
+    "Sentence embeddings map text to vectors so that similar meanings land close together in the space.",
+]
+PARITY_BATCH_SIZE = 8  # several batches, so padding between texts of different lengths is exercised
+
+
+def token_states(encoder: MiniLMEncoder, texts: list[str]) -> np.ndarray:
+    """last_hidden_state of every real (non-padding) token of every text, concatenated: (total_tokens, 384)."""
+    ids, _ = encoder.tokenize(texts)
+    rows = []
+    with torch.inference_mode():
+        for start in range(0, len(ids), PARITY_BATCH_SIZE):
+            seqs = ids[start: start + PARITY_BATCH_SIZE]
+            batch = encoder._batch_tensors(seqs)
+            hidden = encoder.model(**batch).last_hidden_state.float().cpu()
+            rows += [hidden[i, : len(s)] for i, s in enumerate(seqs)]
+    return torch.cat(rows).double().numpy()
+
+
+def measure(encoder: MiniLMEncoder, texts: list[str]) -> dict:
+    return {"embeddings": encoder.encode(texts, batch_size=PARITY_BATCH_SIZE, show_progress=False),
+            "token_states": token_states(encoder, texts)}
+
+
+def main(args) -> int:
+    texts = list(PROBE_TEXTS)
+    if args.file:
+        texts += read_lines(args.file, "--file")[0]
+    test = MiniLMEncoder(args.model_path, args.device, args.dtype, compile=args.compile)
+    reference = MiniLMEncoder(args.model_path, "cpu", "fp32")
+    print(f"{len(texts)} texts: {test.device} {test.dtype_name}{' (compiled)' if args.compile else ''} "
+          "vs cpu fp32 reference")
+    got, want = measure(test, texts), measure(reference, texts)
+    report = {name: parity(got[name], want[name], test.dtype_name) for name in ("embeddings", "token_states")}
+    for name, result in report.items():
+        print(f"{name} {tuple(result['shape'])}:\n{format_parity(result)}")
+    passed = all(r["passed"] for r in report.values())
+    print(f"OVERALL: {'PASS' if passed else 'FAIL'}")
+    output = Path(args.output or HERE / "results" / f"parity_{test.device.type}_{test.dtype_name}.json")
+    write_json(output, {"meta": run_metadata(test.device, test.dtype_name), "model": str(test.model_dir),
+                        "texts": len(texts), "truncated": test.last_stats.get("truncated"),
+                        "compiled": args.compile, "passed": passed, **report})
+    print(f"wrote {output}")
+    return 0 if passed else 1
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(description="Parity of all-MiniLM-L6-v2 on a device+dtype vs the CPU fp32 reference.")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | npu[:N] | mps")
+    p.add_argument("--dtype", default="auto", help="auto | fp32 | bf16 | fp16")
+    p.add_argument("--model_path", default=None, help="model folder or hub id (default: the embedded weights)")
+    p.add_argument("--file", help="extra texts, one per line, appended to the 24 built-in ones")
+    p.add_argument("--compile", action="store_true", help="test the torch.compile path")
+    p.add_argument("--output", help="result JSON (default results/parity_<device>_<dtype>.json)")
+    return p
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main, build_parser().parse_args()))
