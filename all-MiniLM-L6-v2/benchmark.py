@@ -70,46 +70,28 @@ def gemm_peak_gflops(device, dtype) -> float:
     return 5 * 2 * GEMM_PROBE_SIZE ** 3 / sw.seconds / 1e9
 
 
-def time_passes(run_pass, repeats: int, device) -> list[float]:
-    samples = []
-    for _ in range(repeats):
-        with Stopwatch(device) as sw:
-            run_pass()
-        samples.append(sw.seconds)
-    return samples
-
-
-def bench_ours(encoder: MiniLMEncoder, texts, batch_size: int, repeats: int) -> tuple[dict, np.ndarray]:
-    encoder.encode(texts[: batch_size * WARMUP_BATCHES], batch_size=batch_size, show_progress=False)
-    reset_peak_memory(encoder.device)
-    latencies, out = [], None
-
-    def run_pass():
-        nonlocal out
+def ours_pass(encoder: MiniLMEncoder, texts, batch_size: int, latencies: list):
+    def run():
         out = encoder.encode(texts, batch_size=batch_size, show_progress=False)
         latencies.extend(encoder.last_stats["batch_seconds"])
-
-    seconds = time_passes(run_pass, repeats, encoder.device)
-    stats = encoder.last_stats
-    median = statistics.median(seconds)
-    return {"pass_seconds": seconds, "texts_per_s": len(texts) / median, "tokens_per_s": stats["tokens"] / median,
-            "batch_latency": summarize(latencies), "padded_tokens": stats["padded_tokens"],
-            "peak_memory": peak_memory(encoder.device)}, out
+        return out
+    return run
 
 
-def bench_peer(peer, texts, batch_size: int, repeats: int, tokens: int, device) -> tuple[dict, np.ndarray]:
+def peer_pass(peer, texts, batch_size: int):
     kwargs = dict(batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
-    peer.encode(texts[: batch_size * WARMUP_BATCHES], **kwargs)
-    out = None
+    return lambda: peer.encode(texts, **kwargs)
 
-    def run_pass():
-        nonlocal out
-        out = peer.encode(texts, **kwargs)
 
-    seconds = time_passes(run_pass, repeats, device)
-    median = statistics.median(seconds)
-    return {"pass_seconds": seconds, "texts_per_s": len(texts) / median, "tokens_per_s": tokens / median,
-            "mean_batch_ms": median / -(-len(texts) // batch_size) * 1e3}, out
+def interleaved(runs: dict, repeats: int, device) -> tuple[dict, dict]:
+    """Time the implementations alternately (A B A B ...), so drift on a shared machine hits both alike."""
+    seconds, outputs = {name: [] for name in runs}, {}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            with Stopwatch(device) as sw:
+                outputs[name] = run()
+            seconds[name].append(sw.seconds)
+    return seconds, outputs
 
 
 def compare(ours: np.ndarray, peer: np.ndarray) -> dict:
@@ -119,6 +101,32 @@ def compare(ours: np.ndarray, peer: np.ndarray) -> dict:
             "cosine_min": float(cos.min())}
 
 
+def bench_batch_size(encoder, peer, texts, batch_size: int, repeats: int, flops: float) -> dict:
+    latencies = []
+    runs = {"ours": ours_pass(encoder, texts, batch_size, latencies)}
+    if peer is not None:
+        runs["peer"] = peer_pass(peer, texts, batch_size)
+    for name, run in runs.items():  # warm-up on a slice: compiled graphs, allocator, oneDNN primitive caches
+        (ours_pass(encoder, texts[: batch_size * WARMUP_BATCHES], batch_size, []) if name == "ours" else
+         peer_pass(peer, texts[: batch_size * WARMUP_BATCHES], batch_size))()
+    reset_peak_memory(encoder.device)
+    seconds, outputs = interleaved(runs, repeats, encoder.device)
+    tokens = encoder.last_stats["tokens"]
+    row = {"batch_size": batch_size}
+    for name, samples in seconds.items():
+        median = statistics.median(samples)
+        row[name] = {"pass_seconds": samples, "texts_per_s": len(texts) / median, "tokens_per_s": tokens / median}
+    row["ours"].update(batch_latency=summarize(latencies), padded_tokens=encoder.last_stats["padded_tokens"],
+                       gflops_per_s=flops / statistics.median(seconds["ours"]) / 1e9,
+                       peak_memory=peak_memory(encoder.device))
+    if peer is not None:
+        row["peer"]["mean_batch_ms"] = statistics.median(seconds["peer"]) / -(-len(texts) // batch_size) * 1e3
+        row["speedup"] = row["ours"]["texts_per_s"] / row["peer"]["texts_per_s"]
+        row["speedup_per_repeat"] = [p / o for o, p in zip(seconds["ours"], seconds["peer"])]
+        row["vs_peer"] = compare(outputs["ours"], outputs["peer"])
+    return row
+
+
 def run_sweep(encoder, peer, texts, batch_sizes, repeats) -> list[dict]:
     config = encoder.model.config if not encoder.compiled else encoder.model._orig_mod.config
     ids, _ = encoder.tokenize(texts)
@@ -126,16 +134,8 @@ def run_sweep(encoder, peer, texts, batch_sizes, repeats) -> list[dict]:
                         config.num_hidden_layers)
     rows = []
     for batch_size in tqdm(batch_sizes, desc="batch sizes", unit="config"):
-        ours, ours_out = bench_ours(encoder, texts, batch_size, repeats)
-        row = {"batch_size": batch_size, "ours": ours,
-               "ours_gflops_per_s": flops / statistics.median(ours["pass_seconds"]) / 1e9}
-        if peer is not None:
-            row["peer"], peer_out = bench_peer(peer, texts, batch_size, repeats,
-                                                   encoder.last_stats["tokens"], encoder.device)
-            row["speedup"] = ours["texts_per_s"] / row["peer"]["texts_per_s"]
-            row["vs_peer"] = compare(ours_out, peer_out)
-        rows.append(row)
-        tqdm.write(format_row(row))
+        rows.append(bench_batch_size(encoder, peer, texts, batch_size, repeats, flops))
+        tqdm.write(format_row(rows[-1]))
     return rows
 
 

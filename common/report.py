@@ -10,7 +10,7 @@ A table is declared in the readme by a marker holding JSON, and everything up to
 
 "files" is a glob relative to the folder, one row per file; with "rows": "key" each file gives one row per item
 of that list. A column key is dotted ("ours.p50_ms"), looked up in the row and then in the file's top level;
-the optional third item is a format spec. "where" ({"key": value}) filters rows. Under each table a line names
+the optional third item is a format spec ("verdict" renders a boolean as PASS/FAIL). "where" ({"key": value}) filters rows. Under each table a line names
 the source files with the command, device, dtype, date and torch version recorded in them.
 """
 from __future__ import annotations
@@ -38,7 +38,9 @@ def format_cell(value, spec: str | None) -> str:
     if value is MISSING or value is None:
         return "–"
     if isinstance(value, bool):
-        return "PASS" if value else "FAIL"
+        if spec == "verdict":
+            return "PASS" if value else "FAIL"
+        return "yes" if value else "no"
     if isinstance(value, (int, float)) and spec:
         return format(value, spec)
     if isinstance(value, float):

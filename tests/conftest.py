@@ -21,3 +21,48 @@ if str(REPO_ROOT) not in sys.path:
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 # --- fixtures -------------------------------------------------------------------------------------------------
+
+import importlib.util  # noqa: E402
+
+import pytest  # noqa: E402
+
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+# Modules that every model folder defines under the same name; purged so two folders never share one.
+FOLDER_LOCAL_MODULES = ("inference", "eval_accuracy", "eval_stsb", "benchmark")
+
+
+def load_script(folder: str, name: str):
+    """Import <repo>/<folder>/<name>.py as a fresh module (model folders have '-' in their names)."""
+    path = REPO_ROOT / folder / f"{name}.py"
+    for local in FOLDER_LOCAL_MODULES:
+        sys.modules.pop(local, None)
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
+    return module
+
+
+def run_cli(module, argv: list[str], monkeypatch) -> int:
+    """What `python script.py ARGS` does, in-process: patched sys.argv, argparse, main(); returns the exit code."""
+    monkeypatch.setattr(sys, "argv", [module.__file__, *argv])
+    try:
+        return module.run_main(module.main, module.build_parser().parse_args())
+    except SystemExit as exc:  # argparse rejected the arguments
+        return int(exc.code)
+
+
+@pytest.fixture
+def cli(monkeypatch):
+    return lambda module, *argv: run_cli(module, [str(a) for a in argv], monkeypatch)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"the shared evaluation data is missing: expected {SHARED_DATA} (the ../shared beside the repo)")
+    return SHARED_DATA
