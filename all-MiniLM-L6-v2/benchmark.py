@@ -30,7 +30,7 @@ from common.errors import ArgumentParser, UserError, positive_int, run_main  # n
 from common.results import run_metadata, write_json  # noqa: E402
 from common.textio import read_lines  # noqa: E402
 from common.timing import Stopwatch, summarize  # noqa: E402
-from inference import MiniLMEncoder  # noqa: E402
+from inference import MiniLMEncoder, add_model_args  # noqa: E402
 
 DEFAULT_BATCH_SIZES = "1,4,16,32,64"  # from single-request latency to bulk throughput
 DEFAULT_NUM_TEXTS = 2000  # large enough that one pass at batch 64 lasts several seconds on a 2-core CPU
@@ -68,6 +68,12 @@ def gemm_peak_gflops(device, dtype) -> float:
         for _ in range(5):
             a @ a
     return 5 * 2 * GEMM_PROBE_SIZE ** 3 / sw.seconds / 1e9
+
+
+def cpu_bf16_hardware() -> dict:
+    """Whether this CPU computes bf16 natively (AVX512-BF16, AMX); without either, oneDNN emulates it slowly."""
+    probes = {"avx512_bf16": "_is_avx512_bf16_supported", "amx_tile": "_is_amx_tile_supported"}
+    return {name: bool(getattr(torch.cpu, fn, lambda: None)()) for name, fn in probes.items()}
 
 
 def ours_pass(encoder: MiniLMEncoder, texts, batch_size: int, latencies: list):
@@ -209,7 +215,8 @@ def main(args) -> int:
                            "tokens": encoder.last_stats["tokens"], "truncated": encoder.last_stats["truncated"]},
               "repeats": args.repeats, "first_call_seconds": first_call_s,
               "gemm_peak_gflops": gemm_peak_gflops(encoder.device, encoder.dtype),
-              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "rows": rows}
+              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16_hardware": cpu_bf16_hardware(),
+              "rows": rows}
     write_json(output, result)
     plot(rows, f"all-MiniLM-L6-v2 {label} on {meta['device_name']}", output.with_suffix(".png"))
     print(f"first call {first_call_s:.1f} s; measured {encoder.dtype_name} GEMM peak "
@@ -224,13 +231,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--num_texts", type=positive_int, default=DEFAULT_NUM_TEXTS, help="size of the synthetic workload")
     p.add_argument("--batch_file", help="benchmark these texts (one per line) instead of the synthetic workload")
     p.add_argument("--repeats", type=positive_int, default=3, help="timed passes per configuration")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | npu[:N] | mps")
-    p.add_argument("--dtype", default="auto", help="auto | fp32 | bf16 | fp16")
-    p.add_argument("--model_path", default=None, help="model folder or hub id (default: the embedded weights)")
-    p.add_argument("--compile", action="store_true", help="benchmark the torch.compile path")
     p.add_argument("--no_peer", action="store_true", help="skip SentenceTransformer (e.g. when it is not installed)")
     p.add_argument("--output", help="result JSON (default results/benchmark_<device>_<dtype>[_compiled].json)")
-    return p
+    return add_model_args(p)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from common.errors import ArgumentParser, run_main  # noqa: E402
 from common.metrics import format_parity, parity  # noqa: E402
 from common.results import run_metadata, write_json  # noqa: E402
 from common.textio import read_lines  # noqa: E402
-from inference import MiniLMEncoder  # noqa: E402
+from inference import MiniLMEncoder, add_model_args  # noqa: E402
 
 # The seed's protocol: 24 fixed texts covering scripts, punctuation, digits and lengths from one word to ~250 tokens.
 PROBE_TEXTS = [
@@ -63,7 +63,7 @@ def token_states(encoder: MiniLMEncoder, texts: list[str]) -> np.ndarray:
     with torch.inference_mode():
         for start in range(0, len(ids), PARITY_BATCH_SIZE):
             seqs = ids[start: start + PARITY_BATCH_SIZE]
-            batch = encoder._batch_tensors(seqs)
+            batch = encoder.batch_tensors(seqs)
             hidden = encoder.model(**batch).last_hidden_state.float().cpu()
             rows += [hidden[i, : len(s)] for i, s in enumerate(seqs)]
     return torch.cat(rows).double().numpy()
@@ -88,7 +88,8 @@ def main(args) -> int:
         print(f"{name} {tuple(result['shape'])}:\n{format_parity(result)}")
     passed = all(r["passed"] for r in report.values())
     print(f"OVERALL: {'PASS' if passed else 'FAIL'}")
-    output = Path(args.output or HERE / "results" / f"parity_{test.device.type}_{test.dtype_name}.json")
+    label = f"{test.device.type}_{test.dtype_name}{'_compiled' if args.compile else ''}"
+    output = Path(args.output or HERE / "results" / f"parity_{label}.json")
     write_json(output, {"meta": run_metadata(test.device, test.dtype_name), "model": str(test.model_dir),
                         "texts": len(texts), "truncated": test.last_stats.get("truncated"),
                         "compiled": args.compile, "passed": passed, **report})
@@ -98,13 +99,9 @@ def main(args) -> int:
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(description="Parity of all-MiniLM-L6-v2 on a device+dtype vs the CPU fp32 reference.")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | npu[:N] | mps")
-    p.add_argument("--dtype", default="auto", help="auto | fp32 | bf16 | fp16")
-    p.add_argument("--model_path", default=None, help="model folder or hub id (default: the embedded weights)")
     p.add_argument("--file", help="extra texts, one per line, appended to the 24 built-in ones")
-    p.add_argument("--compile", action="store_true", help="test the torch.compile path")
-    p.add_argument("--output", help="result JSON (default results/parity_<device>_<dtype>.json)")
-    return p
+    p.add_argument("--output", help="result JSON (default results/parity_<device>_<dtype>[_compiled].json)")
+    return add_model_args(p)
 
 
 if __name__ == "__main__":

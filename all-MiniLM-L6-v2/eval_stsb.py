@@ -25,7 +25,7 @@ from scipy.stats import pearsonr, spearmanr  # noqa: E402
 from common.errors import ArgumentParser, UserError, positive_int, run_main  # noqa: E402
 from common.results import run_metadata, write_json  # noqa: E402
 from common.textio import read_text_file  # noqa: E402
-from inference import DEFAULT_BATCH_SIZE, MiniLMEncoder  # noqa: E402
+from inference import DEFAULT_BATCH_SIZE, MiniLMEncoder, add_model_args  # noqa: E402
 
 HUB_DATASET = "mteb/stsbenchmark-sts"  # the STS-B copy MTEB scores against (gold 0-5, test split 1,379 pairs)
 HUB_REVISION = "b0fddb56ed78048fa8b90373c8a3cfc37b684831"  # pinned, as MTEB pins it
@@ -116,13 +116,9 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(description="STS Benchmark test split: Spearman/Pearson of cosine vs gold.")
     p.add_argument("--data", help="local STS-B test file (.tsv with header score/sentence1/sentence2, or .jsonl)")
     p.add_argument("--limit", type=positive_int, help="score only the first N pairs")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | npu[:N] | mps")
-    p.add_argument("--dtype", default="auto", help="auto | fp32 | bf16 | fp16")
-    p.add_argument("--model_path", default=None, help="model folder or hub id (default: the embedded weights)")
     p.add_argument("--batch_size", type=positive_int, default=DEFAULT_BATCH_SIZE)
-    p.add_argument("--compile", action="store_true", help="use the torch.compile path")
     p.add_argument("--output", help="result JSON (default results/stsb_<device>_<dtype>.json)")
-    return p
+    return add_model_args(p)
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ class MiniLMEncoder:
                 truncated += 1
         return ids, truncated
 
-    def _batch_tensors(self, seqs: list[list[int]]) -> dict:
+    def batch_tensors(self, seqs: list[list[int]]) -> dict:
         width = max(len(s) for s in seqs)
         input_ids = np.full((len(seqs), width), self.tokenizer.pad_token_id, dtype=np.int64)
         mask = np.zeros((len(seqs), width), dtype=np.int64)
@@ -115,7 +115,7 @@ class MiniLMEncoder:
     @torch.inference_mode()
     def embed_batch(self, seqs: list[list[int]], normalize: bool = True) -> torch.Tensor:
         """One padded forward pass -> pooled (and normalised) float32 embeddings on the device."""
-        batch = self._batch_tensors(seqs)
+        batch = self.batch_tensors(seqs)
         hidden = self.model(**batch).last_hidden_state
         pooled = POOLERS[self.pooling](hidden, batch["attention_mask"])
         return l2_normalize(pooled) if normalize else pooled
@@ -207,18 +207,23 @@ def main(args) -> int:
     return 0
 
 
+def add_model_args(p: ArgumentParser) -> ArgumentParser:
+    """The flags that choose the model, device and precision: shared by every script in this folder."""
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | npu[:N] | mps")
+    p.add_argument("--dtype", default="auto", help="auto | fp32 | bf16 | fp16 (auto: fp32 on CPU, bf16 on accelerators)")
+    p.add_argument("--model_path", default=None, help="model folder or hub id (default: the embedded weights)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (one-time warm-up, faster after)")
+    return p
+
+
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(description="Encode texts with all-MiniLM-L6-v2.")
     p.add_argument("--text", action="append", help="a text to encode (repeatable)")
     p.add_argument("--batch_file", help="UTF-8 file with one text per line (blank lines are skipped)")
     p.add_argument("--batch_size", type=positive_int, default=DEFAULT_BATCH_SIZE)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | npu[:N] | mps")
-    p.add_argument("--dtype", default="auto", help="auto | fp32 | bf16 | fp16 (auto: fp32 on CPU, bf16 on accelerators)")
-    p.add_argument("--model_path", default=None, help="model folder or hub id (default: the embedded weights)")
     p.add_argument("--max_seq_length", type=positive_int, default=MAX_SEQ_LENGTH)
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (one-time warm-up, faster after)")
     p.add_argument("--output", help="write embeddings to .npy or .jsonl")
-    return p
+    return add_model_args(p)
 
 
 if __name__ == "__main__":
