@@ -32,14 +32,16 @@ def library_versions() -> dict:
 
 
 def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
-    """HEAD's hash, with '-dirty' when tracked files have uncommitted changes; None outside a checkout."""
+    """HEAD's hash, with '-dirty' when tracked files other than result files have uncommitted changes (refreshing
+    several results in a row must not mark the later ones dirty); None outside a checkout."""
     cwd = cwd or Path(__file__).resolve().parent
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude,glob)**/results/**"], cwd=cwd, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
         return head.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
