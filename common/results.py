@@ -39,8 +39,8 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                ":(exclude,glob)**/results/**"], cwd=cwd, capture_output=True, text=True,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                                ":(top,exclude,glob)**/results/**"], cwd=cwd, capture_output=True, text=True,
                                timeout=10).stdout.strip()
         return head.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):

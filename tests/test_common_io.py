@@ -495,3 +495,25 @@ def test_report_no_files_and_no_readme(tmp_path, capsys):
     text = (folder / "readme.md").read_text(encoding="utf-8")
     assert "| (no result file yet) |  |" in text
     assert "no file matches `results/*.json`" in text
+
+
+def test_git_commit_dirty_flag_ignores_result_files(tmp_path):
+    import subprocess
+
+    from common.results import git_commit
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "model" / "results").mkdir(parents=True)
+    (tmp_path / "model" / "script.py").write_text("x = 1\n")
+    (tmp_path / "model" / "results" / "r.json").write_text("{}\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    clean = git_commit(tmp_path / "model")
+    assert clean and not clean.endswith("-dirty")
+    (tmp_path / "model" / "results" / "r.json").write_text('{"new": 1}\n')
+    assert git_commit(tmp_path / "model") == clean  # refreshed results are outputs, not code changes
+    (tmp_path / "model" / "script.py").write_text("x = 2\n")
+    assert git_commit(tmp_path / "model") == clean + "-dirty"
