@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 from scipy.stats import pearsonr, spearmanr  # noqa: E402
 
 from common.errors import ArgumentParser, UserError, positive_int, run_main  # noqa: E402
+from common.model_path import hub_reachable  # noqa: E402
 from common.results import run_metadata, write_json  # noqa: E402
 from common.textio import read_text_file  # noqa: E402
 from inference import DEFAULT_BATCH_SIZE, MiniLMEncoder, add_model_args  # noqa: E402
@@ -63,11 +64,20 @@ def load_local(path: Path) -> list[tuple[float, str, str]]:
 def load_hub() -> tuple[list[tuple[float, str, str]], str]:
     from huggingface_hub import hf_hub_download
 
+    def fetch(cached_only: bool) -> str:
+        return hf_hub_download(HUB_DATASET, HUB_FILE, repo_type="dataset", revision=HUB_REVISION,
+                               local_files_only=cached_only)
+
     try:
-        file = hf_hub_download(HUB_DATASET, HUB_FILE, repo_type="dataset", revision=HUB_REVISION)
+        try:
+            file = fetch(cached_only=True)
+        except Exception:
+            if not hub_reachable():
+                raise ConnectionError("offline") from None
+            file = fetch(cached_only=False)
     except Exception as exc:  # offline, blocked, or the hub changed
-        raise UserError(f"could not fetch STS-B from the hub ({type(exc).__name__}); pass a local copy with "
-                        "--data, e.g. --data ../../shared/data/stsb/test.tsv") from None
+        raise UserError(f"could not fetch STS-B from the hub ({type(exc).__name__}: {exc}); pass a local copy "
+                        "with --data, e.g. --data ../../shared/data/stsb/test.tsv") from None
     with gzip.open(file, "rt", encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
     return parse_rows(rows, HUB_DATASET), f"hf://datasets/{HUB_DATASET}@{HUB_REVISION}/{HUB_FILE}"
