@@ -48,7 +48,7 @@ class Chat:
     def _fit(self) -> str:
         """Drop the oldest turns until the prompt fits the model's input length (the newest turn always stays)."""
         prompt = self.prompt()
-        while len(self.turns) > 1 and len(self.model.tokenize([prompt])[0][0]) > self.model.max_input_length:
+        while len(self.turns) > 1 and self.model.token_count(prompt) > self.model.max_input_length:
             self.turns.pop(0)
             self.dropped_turns += 1
             prompt = self.prompt()

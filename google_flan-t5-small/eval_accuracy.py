@@ -31,9 +31,13 @@ from overflow import OverflowWatch, stack_of  # noqa: E402
 
 PARITY_BATCH_SIZE = 4  # several batches of mixed lengths, so padding is exercised on both sides
 MAX_NEW_TOKENS = 24  # reference generation length: long enough for drift to show, short enough to stay quick
-# Greedy decoding is discontinuous: a near-tie at one step may legitimately flip in reduced precision and change
-# everything after it. fp32 must reproduce every sequence; bf16/fp16 must reproduce most of them.
-GENERATION_EXACT_MIN = {"fp32": 1.0, "bf16": 0.6, "fp16": 0.6}
+# Greedy decoding is discontinuous: where the reference's best two tokens are nearly tied, a tiny logit error
+# flips the choice and changes everything after it, on any device (even fp32 with other kernels). So a mismatch
+# is accepted only when it starts at such a near-tie: the reference's margin between its token and the device's
+# token is within NEAR_TIE_FACTOR x the logit error measured at that very position (part b). Any other mismatch
+# fails the run. The exact-match rate must also stay above a floor (it falls with sequence length).
+GENERATION_EXACT_MIN = {"fp32": 0.9, "bf16": 0.4, "fp16": 0.4}
+NEAR_TIE_FACTOR = 2.0
 FIX_HINT = "use --dtype bf16 or fp32"  # what to do about an fp16 overflow
 PROBE_PROMPTS = [  # every task the port is used for, short and long, plus one input past the 512-token limit
     "summarize: The regional airport will close its old terminal in March after passenger numbers doubled, and a "
@@ -94,30 +98,53 @@ def teacher_forced_logits(model: T5Summarizer, prompts: list[str], targets: list
     return torch.cat(rows).double().numpy()
 
 
-def generation_parity(got: list[list[int]], want: list[list[int]], dtype: str) -> dict:
-    """Exact-match rate of the greedy sequences, with where each mismatch first diverges."""
+def first_divergence(got: list[int], want: list[int]) -> int:
+    return next((k for k, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+
+
+def generation_parity(got: list[list[int]], want: list[list[int]], got_logits: np.ndarray, want_logits: np.ndarray,
+                      dtype: str) -> dict:
+    """Exact-match rate of the greedy sequences; each mismatch is checked for a near-tie where it starts, using
+    the teacher-forced logits of both sides (rows of prompt i start at the sum of the earlier reference lengths)."""
+    offsets = np.concatenate([[0], np.cumsum([len(w) for w in want])])
     mismatches = []
     for i, (g, w) in enumerate(zip(got, want)):
-        if g != w:
-            first = next((k for k, (a, b) in enumerate(zip(g, w)) if a != b), min(len(g), len(w)))
-            mismatches.append({"prompt": i, "first_divergence": first, "reference_tokens": len(w)})
+        if g == w:
+            continue
+        k = first_divergence(g, w)
+        entry = {"prompt": i, "first_divergence": k, "reference_tokens": len(w), "near_tie": False}
+        if k < min(len(g), len(w)):
+            ref_row, test_row = want_logits[offsets[i] + k], got_logits[offsets[i] + k]
+            margin = float(ref_row[w[k]] - ref_row[g[k]])
+            error = float(np.abs(test_row - ref_row).max())
+            finite = bool(np.isfinite(margin) and np.isfinite(error))  # NaN logits (an overflow) explain nothing
+            entry.update(reference_margin=margin if finite else None, logit_error=error if finite else None,
+                         near_tie=finite and margin <= NEAR_TIE_FACTOR * error)
+        mismatches.append(entry)
     rate = 1.0 - len(mismatches) / max(len(want), 1)
-    bound = GENERATION_EXACT_MIN[dtype]
-    agreed = sum(m["first_divergence"] for m in mismatches) + sum(len(w) for i, w in enumerate(want)
-                                                                  if i not in {m["prompt"] for m in mismatches})
-    failures = [] if rate >= bound else [f"exact_match_rate={rate:.3g} < {bound:g}"]
+    unexplained = sum(not m["near_tie"] for m in mismatches)
+    agreed = sum(first_divergence(g, w) if g != w else len(w) for g, w in zip(got, want))
+    failures = [f"exact_match_rate={rate:.3g} < {GENERATION_EXACT_MIN[dtype]:g}"] * (rate < GENERATION_EXACT_MIN[dtype])
+    failures += [f"{unexplained} mismatch(es) not at a near-tie of the reference"] * (unexplained > 0)
     return {"dtype_under_test": dtype, "sequences": len(want), "exact_match_rate": rate,
-            "prefix_token_agreement": agreed / max(sum(map(len, want)), 1), "mismatches": mismatches,
-            "thresholds": {"exact_match_rate": {"min": bound}}, "passed": not failures, "failures": failures}
+            "unexplained_divergences": unexplained, "prefix_token_agreement": agreed / max(sum(map(len, want)), 1),
+            "mismatches": mismatches, "thresholds": {"exact_match_rate": {"min": GENERATION_EXACT_MIN[dtype]},
+                                                     "unexplained_divergences": {"max": 0}},
+            "passed": not failures, "failures": failures}
 
 
 def format_generation(result: dict) -> str:
     bound = result["thresholds"]["exact_match_rate"]["min"]
     lines = [f"  exact_match_rate     {result['exact_match_rate']:<14.6g} (>= {bound:g})  "
-             f"{'PASS' if result['passed'] else 'FAIL'}",
+             f"{'PASS' if result['exact_match_rate'] >= bound else 'FAIL'}",
+             f"  unexplained_divergences {result['unexplained_divergences']:<11d} (<= 0)  "
+             f"{'PASS' if result['unexplained_divergences'] == 0 else 'FAIL'}",
              f"  prefix_token_agreement {result['prefix_token_agreement']:.6g}"]
-    lines += [f"  prompt {m['prompt']}: first divergence at token {m['first_divergence']} of "
-              f"{m['reference_tokens']}" for m in result["mismatches"][:10]]
+    for m in result["mismatches"][:10]:
+        detail = (f", reference margin {m['reference_margin']:.3g} vs logit error {m['logit_error']:.3g}"
+                  if m.get("reference_margin") is not None else "")
+        lines.append(f"  prompt {m['prompt']}: first divergence at token {m['first_divergence']} of "
+                     f"{m['reference_tokens']}{detail}: {'near-tie' if m['near_tie'] else 'NOT a near-tie'}")
     return "\n".join(lines)
 
 
@@ -143,7 +170,7 @@ def measure(test: T5Summarizer, reference: T5Summarizer, prompts: list[str], max
     dtype = test.dtype_name
     return {"encoder": parity(got["encoder"], want["encoder"], dtype),
             "decoder_logits": parity(got["decoder_logits"], want["decoder_logits"], dtype, logits=True),
-            "generation": generation_parity(got_gen, want_gen, dtype),
+            "generation": generation_parity(got_gen, want_gen, got["decoder_logits"], want["decoder_logits"], dtype),
             "overflow": overflow_part(watch.report(), dtype)}
 
 

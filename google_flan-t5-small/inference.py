@@ -18,6 +18,7 @@ can overflow; this port watches every encoder/decoder module in fp16 and says wh
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -60,12 +61,23 @@ DEFAULT_PROMPTS = [  # run when no input is given, as the seed's `python inferen
 ]
 
 
+class _UntiedHeadNotice(logging.Filter):
+    """Drops one transformers 5.x warning that every Flan-T5 load triggers: it builds T5 with a tied lm_head, finds
+    flan-t5's own lm_head in the checkpoint and (correctly) keeps it untied, then warns about it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "both are present in the checkpoints with different values" not in record.getMessage()
+
+
 def load_seq2seq(model_dir: Path, dtype: torch.dtype):
     """Tokenizer and seq2seq LM through the ordinary from_pretrained path; load errors become one clear line."""
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    loader_log = logging.getLogger("transformers.modeling_utils")
+    if not any(type(f).__name__ == "_UntiedHeadNotice" for f in loader_log.filters):  # once, even if reloaded
+        loader_log.addFilter(_UntiedHeadNotice())
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModelForSeq2SeqLM.from_pretrained(model_dir, dtype=dtype)
@@ -111,6 +123,10 @@ class T5Summarizer:
         start = self.model.generation_config.decoder_start_token_id
         return self.model.config.decoder_start_token_id if start is None else start
 
+    def token_count(self, text: str) -> int:
+        """Tokens in one prompt before truncation, </s> included."""
+        return len(self.tokenizer(text, truncation=False, verbose=False)["input_ids"])
+
     def tokenize(self, texts: list[str]) -> tuple[list[list[int]], int]:
         """Token ids per prompt, cut to max_input_length keeping the final </s>; returns (ids, number truncated)."""
         ids = self.tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]
@@ -133,11 +149,9 @@ class T5Summarizer:
                 "attention_mask": torch.from_numpy(mask).to(self.device)}
 
     def strip_generated(self, row: list[int]) -> list[int]:
-        """Generated ids without the decoder start token, cut after the first </s>, padding removed."""
+        """Generated ids without the decoder start token, cut after the first </s> (what follows is padding)."""
         row = row[1:]
-        if self.eos_id in row:
-            row = row[: row.index(self.eos_id) + 1]
-        return [t for t in row if t != self.pad_id]
+        return row[: row.index(self.eos_id) + 1] if self.eos_id in row else row
 
     @torch.inference_mode()
     def generate_ids(self, texts, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, num_beams: int = DEFAULT_NUM_BEAMS,
@@ -176,7 +190,7 @@ class T5Summarizer:
                   batch_size: int = DEFAULT_BATCH_SIZE) -> list[str]:
         """Generate for any Flan prompt ("summarize: ...", "translate English to French: ...", ...)."""
         ids = self.generate_ids(texts, max_new_tokens, num_beams, batch_size)
-        return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        return self.tokenizer.batch_decode(ids, skip_special_tokens=True) if ids else []  # batch_decode([]) is [""]
 
     def __call__(self, texts, **kwargs) -> list[dict]:
         """Pipeline-style: `model(["..."]) -> [{"generated_text": "..."}]`."""

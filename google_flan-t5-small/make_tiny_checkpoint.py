@@ -69,6 +69,7 @@ def untie_lm_head(model, std: float) -> None:
     import torch
 
     weight = torch.empty_like(model.shared.weight).normal_(0.0, std)
+    weight[model.config.pad_token_id] = 0.0  # logit 0 for <pad>: never the best token, as in a trained model
     model.lm_head.weight = torch.nn.Parameter(weight)
 
 

@@ -57,7 +57,7 @@ class OverflowWatch:
     def _hook(self, name: str):
         def hook(module, inputs, output):
             tensor = first_tensor(output)
-            if tensor is None or not tensor.is_floating_point():
+            if tensor is None or not tensor.is_floating_point() or tensor.numel() == 0:
                 return
             bad = ~torch.isfinite(tensor).all()
             if tensor.dtype == torch.float16:
