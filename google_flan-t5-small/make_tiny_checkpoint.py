@@ -17,6 +17,7 @@ from pathlib import Path
 
 SEED = 0  # fixed weights: every build gives the same checkpoint
 VOCAB_TARGET = 400  # Unigram pieces to learn (the trainer may stop earlier on this small corpus)
+SCORE_DECIMALS = 2  # piece scores are rounded to this many decimals, making ties (and so the ids) deterministic
 EXTRA_IDS = 100  # T5's sentinel tokens <extra_id_0..99>, appended after the learned pieces like the real vocab
 VOCAB_MULTIPLE = 64  # the embedding is padded to a multiple, as flan-t5's 32128 rows hold a 32100-token vocab
 TINY_CONFIG = dict(  # flan-t5-small is d_model 512, d_ff 1024, 6 heads x 64, 8+8 layers; the same shape, shrunk
@@ -61,7 +62,12 @@ def train_tokenizer():
     vocab = [(piece, float(score)) for piece, score in json.loads(tok.to_str())["model"]["vocab"]]
     if [p for p, _ in vocab[:3]] != ["<pad>", "</s>", "<unk>"]:
         raise RuntimeError(f"unexpected special token order in the trained vocab: {vocab[:3]}")
-    return T5Tokenizer(vocab=vocab, extra_ids=EXTRA_IDS)
+    # The trainer breaks ties between equally frequent pieces in hash order, which changes from run to run:
+    # round the scores and sort, so every build gives the same ids (and the same result files).
+    learned = sorted(((p, round(s, SCORE_DECIMALS)) for p, s in vocab[3:]), key=lambda item: (-item[1], item[0]))
+    vocab = vocab[:3] + learned
+    sentinels = [f"<extra_id_{i}>" for i in reversed(range(EXTRA_IDS))]  # as in T5: <extra_id_0> is the last id
+    return T5Tokenizer(vocab=vocab, extra_ids=EXTRA_IDS, additional_special_tokens=sentinels)
 
 
 def untie_lm_head(model, std: float) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import sys
 
 import numpy as np
@@ -34,6 +35,28 @@ def test_task_wraps_plain_text(inference, cli, tiny_t5, capsys, task, text, prom
     assert cli(inference, "--model_path", tiny_t5, "--device", "cpu", "--task", task, "--text", text,
                "--max_new_tokens", 3) == 0
     assert prompt in capsys.readouterr().out
+
+
+def test_repeated_text_keeps_the_order(inference, cli, tiny_t5, capsys):
+    assert cli(inference, "--model_path", tiny_t5, "--device", "cpu", "--text", "Hi", "--text", "summarize: a b c",
+               "--max_new_tokens", 2) == 0
+    out = capsys.readouterr().out
+    assert "2 prompt(s)" in out and out.index("> Hi") < out.index("> summarize: a b c")
+
+
+def test_make_tiny_checkpoint_script(tmp_path, capsys):
+    builder = load_script(T5_FOLDER, "make_tiny_checkpoint")
+    assert builder.main([]) == 2 and "usage:" in capsys.readouterr().err
+    assert builder.main([str(tmp_path / "tiny")]) == 0
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (tmp_path / "tiny").iterdir()}
+
+
+def test_chat_as_a_real_process_with_piped_stdin(tiny_t5):
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / T5_FOLDER / "chat.py"), "--model_path", str(tiny_t5),
+                           "--device", "cpu", "--max_new_tokens", "2"], input="Hello there\n\n", capture_output=True,
+                          text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert "User: Hello there" in proc.stdout and "Assistant: " in proc.stdout and "bye: 1 reply" in proc.stdout
 
 
 def test_batch_file_output_and_beams(inference, cli, tiny_t5, tmp_path, capsys):

@@ -44,7 +44,8 @@ def test_tiny_checkpoint_has_flan_t5_structure(tiny_t5):
     assert hasattr(block.layer[1].DenseReluDense, "wi_0") and block.layer[0].SelfAttention.has_relative_attention_bias
     tokenizer = AutoTokenizer.from_pretrained(tiny_t5)
     assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) == (0, 1, 2)
-    assert tokenizer.convert_tokens_to_ids("<extra_id_0>") not in (None, tokenizer.unk_token_id)
+    assert tokenizer.convert_tokens_to_ids("<extra_id_0>") == len(tokenizer) - 1  # T5's layout: sentinels last,
+    assert tokenizer.convert_tokens_to_ids("<extra_id_99>") == len(tokenizer) - 100  # in reverse order
     assert len(tokenizer) <= config.vocab_size
     ids = tokenizer("summarize: the city council")["input_ids"]
     assert ids[-1] == 1 and tokenizer.unk_token_id not in ids
