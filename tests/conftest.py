@@ -28,7 +28,8 @@ import pytest  # noqa: E402
 
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 # Modules that every model folder defines under the same name; purged so two folders never share one.
-FOLDER_LOCAL_MODULES = ("inference", "eval_accuracy", "eval_stsb", "benchmark")
+FOLDER_LOCAL_MODULES = ("inference", "eval_accuracy", "eval_stsb", "benchmark", "chat", "make_tiny_checkpoint",
+                        "overflow", "memory_estimate")
 
 
 def load_script(folder: str, name: str):
@@ -66,3 +67,29 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"the shared evaluation data is missing: expected {SHARED_DATA} (the ../shared beside the repo)")
     return SHARED_DATA
+
+
+T5_FOLDER = "google_flan-t5-small"
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory) -> Path:
+    """A tiny random Flan-T5 checkpoint (flan-t5-small's architecture, scaled down), built once per session."""
+    return load_script(T5_FOLDER, "make_tiny_checkpoint").build(tmp_path_factory.mktemp("tiny-flan-t5"))
+
+
+@pytest.fixture(scope="session")
+def overflowing_t5(tiny_t5, tmp_path_factory) -> Path:
+    """The tiny checkpoint with encoder block 0's gated FFN input weights scaled x300: its products pass 65504,
+    fp16's largest number, while fp32 still holds them. The fp16 overflow detector must find it there."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path_factory.mktemp("overflowing-flan-t5")
+    shutil.copytree(tiny_t5, folder, dirs_exist_ok=True)
+    weights = load_file(str(folder / "model.safetensors"))
+    for name in ("wi_0", "wi_1"):
+        weights[f"encoder.block.0.layer.1.DenseReluDense.{name}.weight"] *= 300.0
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder

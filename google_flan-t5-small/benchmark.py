@@ -1,0 +1,238 @@
+"""Flan-T5 speed: encoder latency/throughput per batch size, and generation against plain transformers, same run.
+
+    python benchmark.py                                        # CPU fp32, default sizes
+    python benchmark.py --device npu --dtype bf16 --input_tokens 256 --num_beams 4
+    python benchmark.py --encoder_batch_sizes 1,8 --requests 16 --max_new_tokens 16   # a quick look
+
+Encoder: inputs of exactly --input_tokens tokens (random vocabulary ids, fixed seed), timed `model.encoder(...)`
+calls after a warm-up; latency percentiles per call, sequences/s and tokens/s from the median.
+Generation: --requests synthetic summarize prompts in batches of --gen_batch_size, greedy and beam search. Each
+timed pass runs ours (T5Summarizer.generate_ids) and then the peer, the code a user would otherwise write:
+`AutoModelForSeq2SeqLM.from_pretrained(...).generate(**tokenizer(batch, padding=True, return_tensors="pt"), ...)`,
+alternating pass by pass so machine drift hits both alike. requests/s and new tokens/s come from the median pass;
+a request's latency is the time of the batch it was in. ratio = ours / peer requests/s.
+Writes results/benchmark_<device>_<dtype>.json and a PNG plot beside it.
+"""
+from __future__ import annotations
+
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+import torch  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from common.device import peak_memory, reset_peak_memory  # noqa: E402
+from common.errors import ArgumentParser, UserError, non_negative_int, positive_int, run_main  # noqa: E402
+from common.results import run_metadata, write_json  # noqa: E402
+from common.timing import Stopwatch, summarize, time_calls  # noqa: E402
+from inference import T5Summarizer, add_model_args  # noqa: E402
+
+DEFAULT_ENCODER_BATCH_SIZES = "1,4,16,32,64"  # from single-request latency to bulk throughput
+DEFAULT_INPUT_TOKENS = 128  # encoder input length (every row exactly this long, no padding)
+DEFAULT_REQUESTS = 32  # generation workload: prompts per timed pass
+DEFAULT_GEN_BATCH_SIZE = 8  # prompts per generate() call, ours and the peer alike
+DEFAULT_MAX_NEW_TOKENS = 32  # new tokens per request (the cap; a request may stop earlier at </s>)
+DEFAULT_BEAMS = 4  # beam width of the beam-search row (the greedy row is 1)
+SEED = 0  # fixed workload: every run and machine times the same inputs
+WORDS_MIN, WORDS_MAX = 20, 60  # synthetic prompt lengths in words
+WORDS = ("the council city river market energy report school water company plan year people new old first last "
+         "said would could after before because while during against local national public private small large "
+         "project budget transport housing weather station museum hospital team season result growth price "
+         "study scientists found increase decrease support announced expected open closed").split()
+
+
+def synthetic_prompts(n: int, seed: int = SEED) -> list[str]:
+    rng = random.Random(seed)
+    return ["summarize: " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(WORDS_MIN, WORDS_MAX))) + "."
+            for _ in range(n)]
+
+
+def encoder_inputs(model: T5Summarizer, batch_size: int, length: int) -> dict:
+    """Random ordinary-token ids (no specials, no sentinels), ending in </s>; all rows real, no padding."""
+    generator = torch.Generator().manual_seed(SEED)
+    low, high = 3, max(4, model.tokenizer.vocab_size - 100)  # T5 keeps its 100 sentinels at the end
+    ids = torch.randint(low, high, (batch_size, length), generator=generator)
+    ids[:, -1] = model.eos_id
+    return {"input_ids": ids.to(model.device), "attention_mask": torch.ones_like(ids).to(model.device)}
+
+
+def bench_encoder(model: T5Summarizer, batch_sizes, length: int, warmup: int, repeats: int) -> list[dict]:
+    rows = []
+    for batch_size in tqdm(batch_sizes, desc="encoder", unit="batch size"):
+        inputs = encoder_inputs(model, batch_size, length)
+        with torch.inference_mode():
+            samples = time_calls(lambda: model.model.encoder(**inputs).last_hidden_state, model.device,
+                                 warmup=warmup, repeats=repeats)
+        median = statistics.median(samples)
+        rows.append({"batch_size": batch_size, "input_tokens": length, "latency": summarize(samples),
+                     "sequences_per_s": batch_size / median, "tokens_per_s": batch_size * length / median})
+    return rows
+
+
+def ours_pass(model: T5Summarizer, prompts, settings: dict):
+    def run():
+        out = model.generate_ids(prompts, settings["max_new_tokens"], settings["num_beams"], settings["batch_size"])
+        stats = model.last_stats
+        latencies = [s for s, n in zip(stats["batch_seconds"], stats["batch_sizes"]) for _ in range(n)]
+        return model.tokenizer.batch_decode(out, skip_special_tokens=True), stats["new_tokens"], latencies
+    return run
+
+
+def peer_pass(peer, tokenizer, prompts, settings: dict, device):
+    """What a user writes without this port: tokenizer(..., padding=True) then model.generate, batch by batch."""
+    def run():
+        texts, new_tokens, latencies = [], 0, []
+        for start in range(0, len(prompts), settings["batch_size"]):
+            batch = prompts[start: start + settings["batch_size"]]
+            began = time.perf_counter()
+            out = peer.generate(**tokenizer(batch, padding=True, return_tensors="pt").to(device),
+                                max_new_tokens=settings["max_new_tokens"], num_beams=settings["num_beams"])
+            new = out[:, 1:].cpu()  # .cpu() waits for the device
+            latencies += [time.perf_counter() - began] * len(batch)
+            new_tokens += int((new != tokenizer.pad_token_id).sum())
+            texts += tokenizer.batch_decode(new, skip_special_tokens=True)
+        return texts, new_tokens, latencies
+    return run
+
+
+def bench_generation(model, peer, prompts, settings: dict, repeats: int) -> dict:
+    runs = {"ours": ours_pass(model, prompts, settings)}
+    if peer is not None:
+        runs["peer"] = peer_pass(peer, model.tokenizer, prompts, settings, model.device)
+    warm = {**settings, "max_new_tokens": min(4, settings["max_new_tokens"])}
+    ours_pass(model, prompts[: settings["batch_size"]], warm)()  # warm-up: allocator, kernels, caches
+    if peer is not None:
+        peer_pass(peer, model.tokenizer, prompts[: settings["batch_size"]], warm, model.device)()
+    seconds = {name: [] for name in runs}
+    latencies, tokens, texts = {name: [] for name in runs}, {}, {}
+    for _ in range(repeats):  # A B A B ...: drift on a shared machine hits both alike
+        for name, run in runs.items():
+            with Stopwatch(model.device) as sw:
+                texts[name], tokens[name], lat = run()
+            seconds[name].append(sw.seconds)
+            latencies[name] += lat
+    row = {**settings}
+    for name in runs:
+        median = statistics.median(seconds[name])
+        row[name] = {"pass_seconds": seconds[name], "requests_per_s": len(prompts) / median,
+                     "new_tokens": tokens[name], "new_tokens_per_s": tokens[name] / median,
+                     "request_latency": summarize(latencies[name])}
+    if peer is not None:
+        row["ratio"] = row["ours"]["requests_per_s"] / row["peer"]["requests_per_s"]
+        row["same_text_as_peer"] = sum(a == b for a, b in zip(texts["ours"], texts["peer"])) / len(prompts)
+    return row
+
+
+def format_generation_row(row: dict) -> str:
+    ours, text = row["ours"], f"{row['mode']:>6} (beams {row['num_beams']}): "
+    text += (f"ours {ours['requests_per_s']:7.2f} req/s, {ours['new_tokens_per_s']:8.1f} tok/s, "
+             f"p50 {ours['request_latency']['p50_ms']:.0f} ms, p99 {ours['request_latency']['p99_ms']:.0f} ms")
+    if "peer" in row:
+        text += (f" | transformers generate {row['peer']['requests_per_s']:7.2f} req/s | ratio x{row['ratio']:.2f}"
+                 f" | same text {row['same_text_as_peer']:.0%}")
+    return text
+
+
+def plot(result: dict, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    enc, gen = result["encoder"], result["generation"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    sizes = [r["batch_size"] for r in enc]
+    left.plot(sizes, [r["sequences_per_s"] for r in enc], "o-", label="sequences / s")
+    left.set(xscale="log", xlabel="batch size", ylabel="sequences / s",
+             title=f"encoder, {result['settings']['input_tokens']} tokens per input")
+    left.set_xticks(sizes, [str(s) for s in sizes])
+    left.legend()
+    names = [f"{r['mode']} (beams {r['num_beams']})" for r in gen]
+    x = range(len(gen))
+    right.bar([i - 0.2 for i in x], [r["ours"]["requests_per_s"] for r in gen], 0.4, label="T5Summarizer (this port)")
+    if gen and "peer" in gen[0]:
+        right.bar([i + 0.2 for i in x], [r["peer"]["requests_per_s"] for r in gen], 0.4, label="transformers generate")
+    right.set_xticks(list(x), names)
+    right.set(ylabel="requests / s", title=f"generation, batch {result['settings']['gen_batch_size']}")
+    right.legend()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def parse_sizes(text: str, flag: str) -> list[int]:
+    try:
+        sizes = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise UserError(f"{flag} {text!r} must be a comma-separated list of whole numbers >= 1, e.g. 1,8,32")
+    return sizes
+
+
+def load_peer(model: T5Summarizer):
+    from transformers import AutoModelForSeq2SeqLM
+
+    return AutoModelForSeq2SeqLM.from_pretrained(model.model_dir, dtype=model.dtype).to(model.device).eval()
+
+
+def main(args) -> int:
+    batch_sizes = parse_sizes(args.encoder_batch_sizes, "--encoder_batch_sizes")
+    model = T5Summarizer(args.model_path, args.device, args.dtype, args.max_input_length)
+    peer = None if args.no_peer else load_peer(model)
+    label = f"{model.device.type}_{model.dtype_name}"
+    prompts = synthetic_prompts(args.requests)
+    print(f"{label}: encoder at {batch_sizes} x {args.input_tokens} tokens; generation of {len(prompts)} requests, "
+          f"batch {args.gen_batch_size}, up to {args.max_new_tokens} new tokens, {args.repeats} timed passes")
+    reset_peak_memory(model.device)
+    encoder_rows = bench_encoder(model, batch_sizes, args.input_tokens, args.warmup, args.repeats)
+    for row in encoder_rows:
+        tqdm.write(f"encoder batch {row['batch_size']:>3}: {row['sequences_per_s']:8.1f} seq/s, "
+                   f"{row['tokens_per_s']:9.0f} tok/s, p50 {row['latency']['p50_ms']:.1f} ms")
+    generation_rows = []
+    for mode, beams in tqdm([("greedy", 1), ("beam", args.num_beams)], desc="generation", unit="mode"):
+        settings = {"mode": mode, "num_beams": beams, "max_new_tokens": args.max_new_tokens,
+                    "batch_size": args.gen_batch_size}
+        generation_rows.append(bench_generation(model, peer, prompts, settings, args.repeats))
+        tqdm.write(format_generation_row(generation_rows[-1]))
+    output = Path(args.output or HERE / "results" / f"benchmark_{label}.json")
+    meta = run_metadata(model.device, model.dtype_name)
+    result = {"meta": meta, "model": str(model.model_dir), "label": label,
+              "parameters": sum(p.numel() for p in model.model.parameters()),
+              "settings": {"input_tokens": args.input_tokens, "requests": len(prompts), "seed": SEED,
+                           "gen_batch_size": args.gen_batch_size, "max_new_tokens": args.max_new_tokens,
+                           "repeats": args.repeats, "warmup": args.warmup, "peer": peer is not None},
+              "peak_memory": peak_memory(model.device), "encoder": encoder_rows, "generation": generation_rows}
+    write_json(output, result)
+    plot(result, f"{Path(str(model.model_dir)).name} {label} on {meta['device_name']}", output.with_suffix(".png"))
+    print(f"wrote {output} and {output.with_suffix('.png')}")
+    return 0
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(description="Benchmark Flan-T5: encoder sweep, generation vs transformers generate.")
+    p.add_argument("--encoder_batch_sizes", default=DEFAULT_ENCODER_BATCH_SIZES, help="comma-separated, e.g. 1,4,16")
+    p.add_argument("--input_tokens", type=positive_int, default=DEFAULT_INPUT_TOKENS, help="encoder input length")
+    p.add_argument("--requests", type=positive_int, default=DEFAULT_REQUESTS, help="generation prompts per pass")
+    p.add_argument("--gen_batch_size", type=positive_int, default=DEFAULT_GEN_BATCH_SIZE)
+    p.add_argument("--max_new_tokens", type=positive_int, default=DEFAULT_MAX_NEW_TOKENS)
+    p.add_argument("--num_beams", type=positive_int, default=DEFAULT_BEAMS, help="beam width of the beam-search row")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed passes / calls per configuration")
+    p.add_argument("--warmup", type=non_negative_int, default=1, help="untimed encoder calls per batch size")
+    p.add_argument("--no_peer", action="store_true", help="skip the plain transformers comparison")
+    p.add_argument("--output", help="result JSON (default results/benchmark_<device>_<dtype>.json)")
+    return add_model_args(p)
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main, build_parser().parse_args()))
