@@ -1,0 +1,259 @@
+"""Serving-style latency of Minitron-8B-Base: TTFT, TPOT, ITL, E2E and throughput, default `generate` vs a faster
+decode path (static KV cache + torch.compile), measured interleaved in the same run. JSON + PNG.
+
+    python benchmark.py --input_tokens 128 --output_tokens 128 --num_requests 20 --batch_size 1 --device npu
+    python benchmark.py --model_path smollm2 --num_requests 10                 # real SmolLM2-135M, CPU
+
+Every request is a prompt of exactly --input_tokens random token ids (seeded) and generates exactly
+--output_tokens tokens (end-of-sequence is ignored), so every figure is over the same work. Requests run in batches
+of --batch_size, one after the other (no concurrency); a request's times are those of its batch.
+  * TTFT: start -> first new token on the host; E2E: start -> last token; TPOT = (E2E - TTFT) / (out - 1);
+    ITL: the gaps between consecutive tokens. mean, median, p90, p99 over requests (ITL over all gaps).
+  * output tokens/s = generated tokens / wall time, total tokens/s counts the prompt too; requests/s.
+  * decode tokens/s = batch x (out - 1) / (E2E - TTFT): the figure the fast path is judged on.
+  * peak device memory (CPU: process peak RSS) next to the weights' own size, parameters x bytes per element.
+Paths: `generate` is `model.generate(...)` with its default dynamic cache; `static` is this port's loop: a
+StaticCache sized for the request, prefill, then a torch.compile'd one-token step (greedy argmax, no logits
+processors). Compilation runs in the warm-up and is reported separately. Under greedy decoding both must give the
+same tokens; the number of identical requests is recorded.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from common.device import peak_memory, reset_peak_memory, synchronize  # noqa: E402
+from common.errors import ArgumentParser, UserError, non_negative_int, positive_int, run_main  # noqa: E402
+from common.results import run_metadata, write_json  # noqa: E402
+from common.timing import summarize  # noqa: E402
+from inference import CausalLM, add_model_args  # noqa: E402
+
+SEED = 0
+PATHS = ("generate", "static")
+
+
+class _TokenClock:
+    """A generate() streamer that timestamps each new token (the first put() is the prompt)."""
+
+    def __init__(self, device):
+        self.device, self.times, self._prompt_seen = device, [], False
+
+    def put(self, value):
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        synchronize(self.device)
+        self.times.append(time.perf_counter())
+
+    def end(self):
+        pass
+
+
+def random_prompts(lm: CausalLM, n: int, length: int, seed: int = SEED) -> torch.Tensor:
+    """n x length token ids drawn from the ordinary (non-special) vocabulary."""
+    special = set(lm.tokenizer.all_special_ids)
+    vocab = [i for i in range(min(len(lm.tokenizer), lm.model.config.vocab_size)) if i not in special]
+    rng = np.random.default_rng(seed)
+    return torch.from_numpy(rng.choice(vocab, size=(n, length)).astype(np.int64))
+
+
+def run_generate(lm: CausalLM, ids: torch.Tensor, out_tokens: int):
+    clock = _TokenClock(lm.device)
+    ids = ids.to(lm.device)
+    synchronize(lm.device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=out_tokens,
+                                min_new_tokens=out_tokens, do_sample=False, temperature=None, top_p=None,
+                                top_k=None, pad_token_id=lm.tokenizer.pad_token_id, streamer=clock)
+    return out[:, ids.shape[1]:].cpu(), start, clock.times
+
+
+class StaticDecoder:
+    """Greedy decoding with a StaticCache and a compiled single-token step (the fixed shapes compile once)."""
+
+    def __init__(self, lm: CausalLM, compile: bool = True):
+        self.lm, self.model = lm, lm.model
+        self.compiled = compile and lm.device.type != "mps"  # inductor has no MPS backend
+        if self.compiled and lm.device.type == "cpu":
+            import torch._inductor.config as inductor_config
+
+            inductor_config.freezing = True  # weights become constants: oneDNN-prepacked linears on CPU
+        self.step = torch.compile(self._step, dynamic=False, fullgraph=False) if self.compiled else self._step
+        self.cache, self.cache_key = None, None
+
+    def _step(self, token, position, cache):
+        logits = self.model(input_ids=token, position_ids=position[None].expand(token.shape[0], 1),
+                            cache_position=position, past_key_values=cache, use_cache=True).logits
+        return logits[:, -1].argmax(-1, keepdim=True)
+
+    def _cache(self, batch: int, length: int):
+        from transformers import StaticCache
+
+        key = (batch, length)
+        if self.cache_key != key:  # reused between requests of the same shape (compiled graphs see the same buffers)
+            self.cache = StaticCache(config=self.model.config, max_cache_len=length)
+            self.cache_key = key
+        else:
+            self.cache.reset()
+        return self.cache
+
+    @torch.inference_mode()
+    def __call__(self, ids: torch.Tensor, out_tokens: int):
+        device = self.lm.device
+        ids = ids.to(device)
+        batch, length = ids.shape
+        synchronize(device)
+        start = time.perf_counter()
+        cache = self._cache(batch, length + out_tokens)
+        logits = self.model(input_ids=ids, past_key_values=cache, use_cache=True,
+                            cache_position=torch.arange(length, device=device), logits_to_keep=1).logits
+        token = logits[:, -1].argmax(-1, keepdim=True)
+        tokens, times = [token], []
+        synchronize(device)
+        times.append(time.perf_counter())
+        for i in range(out_tokens - 1):
+            token = self.step(token, torch.tensor([length + i], device=device), cache).clone()
+            tokens.append(token)
+            synchronize(device)
+            times.append(time.perf_counter())
+        return torch.cat(tokens, dim=1).cpu(), start, times
+
+
+def request_metrics(start: float, times: list[float], batch: int) -> dict:
+    ttft, e2e = times[0] - start, times[-1] - start
+    out = len(times)
+    return {"ttft_s": ttft, "e2e_s": e2e, "tpot_s": (e2e - ttft) / (out - 1) if out > 1 else float("nan"),
+            "itl_s": list(np.diff(times)), "decode_tokens_per_s": batch * (out - 1) / (e2e - ttft) if out > 1 else None}
+
+
+def aggregate(rows: list[dict], requests: int, batch_size: int, in_tokens: int, out_tokens: int,
+              wall_s: float) -> dict:
+    itl = [x for r in rows for x in r["itl_s"]]
+    decode_s = sum(r["e2e_s"] - r["ttft_s"] for r in rows)
+    return {"ttft": summarize(r["ttft_s"] for r in rows), "tpot": summarize(r["tpot_s"] for r in rows),
+            "itl": summarize(itl), "e2e": summarize(r["e2e_s"] for r in rows), "wall_s": wall_s,
+            "requests_per_s": requests / wall_s, "output_tokens_per_s": requests * out_tokens / wall_s,
+            "total_tokens_per_s": requests * (in_tokens + out_tokens) / wall_s,
+            "decode_tokens_per_s": (sum(len(r["itl_s"]) for r in rows) * batch_size / decode_s
+                                    if decode_s > 0 else None)}
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    names = [p for p in PATHS if p in result["paths"]]
+    x = np.arange(len(names))
+    for offset, (key, label) in zip((-0.2, 0.2), (("ttft", "TTFT"), ("tpot", "TPOT"))):
+        left.bar(x + offset, [result["paths"][n][key]["p50_ms"] for n in names], 0.4, label=f"{label} median")
+    left.set_xticks(x, names)
+    left.set(ylabel="ms", title="latency per request")
+    left.legend()
+    right.bar(x, [result["paths"][n]["decode_tokens_per_s"] for n in names])
+    right.set_xticks(x, names)
+    right.set(ylabel="tokens / s", title=f"decode throughput (x{result['speedup_decode']:.2f})")
+    s = result["settings"]
+    fig.suptitle(f"{result['model']} on {result['metadata']['device_name']}, {result['metadata']['dtype']}, "
+                 f"{s['input_tokens']} in / {s['output_tokens']} out, batch {s['batch_size']}", fontsize=9)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
+    add_model_args(parser)
+    parser.add_argument("--input_tokens", type=positive_int, default=128)
+    parser.add_argument("--output_tokens", type=positive_int, default=128)
+    parser.add_argument("--num_requests", type=positive_int, default=20)
+    parser.add_argument("--batch_size", type=positive_int, default=1)
+    parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed batches per path (compiles)")
+    parser.add_argument("--no_compile", action="store_true", help="static cache without torch.compile")
+    parser.add_argument("--output", default=None, help="result JSON (default results/benchmark_<model>_<dev>_<dtype>)")
+    parser.add_argument("--no_plot", action="store_true")
+    return parser
+
+
+def main(args) -> int:
+    from tqdm import tqdm
+
+    if args.num_requests % args.batch_size:
+        raise UserError(f"--num_requests ({args.num_requests}) must be a multiple of --batch_size ({args.batch_size})")
+    lm = CausalLM(args.model_path, device=args.device, dtype=args.dtype)
+    model_name = Path(str(args.model_path or "Minitron-8B-Base").rstrip("/")).name.replace(".gguf", "")
+    output = Path(args.output or HERE / "results" / f"benchmark_{model_name}_{lm.device.type}_{lm.dtype_name}.json")
+    batches = args.num_requests // args.batch_size
+    prompts = random_prompts(lm, args.num_requests, args.input_tokens)
+    fast = StaticDecoder(lm, compile=not args.no_compile)
+    runners = {"generate": lambda ids: run_generate(lm, ids, args.output_tokens),
+               "static": lambda ids: fast(ids, args.output_tokens)}
+    reset_peak_memory(lm.device)
+    warm = {}
+    for name, runner in runners.items():
+        began = time.perf_counter()
+        for _ in range(args.warmup):
+            runner(prompts[: args.batch_size])
+        warm[name] = time.perf_counter() - began
+    rows = {name: [] for name in PATHS}
+    wall = {name: 0.0 for name in PATHS}
+    identical = 0
+    bar = tqdm(total=batches, desc="benchmark", unit="batch", file=sys.stderr)
+    for b in range(batches):
+        ids = prompts[b * args.batch_size: (b + 1) * args.batch_size]
+        outs = {}
+        for name in (PATHS if b % 2 == 0 else PATHS[::-1]):  # interleaved, alternating order: drift hits both
+            tokens, start, times = runners[name](ids)
+            wall[name] += times[-1] - start
+            assert tokens.shape == (len(ids), args.output_tokens), tokens.shape
+            rows[name].extend([request_metrics(start, times, len(ids))] * len(ids))  # one row per request
+            outs[name] = tokens
+        identical += int((outs["generate"] == outs["static"]).all(dim=1).sum())
+        bar.update(1)
+        bar.set_postfix(ratio=f"{rows['generate'][-1]['tpot_s'] / rows['static'][-1]['tpot_s']:.2f}"
+                        if args.output_tokens > 1 else "-")
+    bar.close()
+    memory = peak_memory(lm.device)
+    paths = {name: aggregate(rows[name], args.num_requests, args.batch_size, args.input_tokens, args.output_tokens,
+                             wall[name]) for name in PATHS}
+    for name in PATHS:
+        paths[name]["warmup_s"] = warm[name]
+    gen, sta = paths["generate"]["decode_tokens_per_s"], paths["static"]["decode_tokens_per_s"]
+    result = {"metadata": run_metadata(lm.device, lm.dtype_name), "model": model_name, "source": str(lm.source),
+              "settings": {"input_tokens": args.input_tokens, "output_tokens": args.output_tokens,
+                           "num_requests": args.num_requests, "batch_size": args.batch_size, "warmup": args.warmup,
+                           "compiled": fast.compiled},
+              "paths": paths, "speedup_decode": (sta / gen) if gen and sta else None,
+              "speedup_e2e": paths["generate"]["e2e"]["mean_ms"] / paths["static"]["e2e"]["mean_ms"],
+              "greedy_identical_requests": identical, "greedy_identical": identical == args.num_requests,
+              "memory": {**memory, "weights_mib": lm.weight_bytes() / 2**20, "parameters": lm.num_parameters()}}
+    write_json(output, result)
+    if not args.no_plot:
+        plot(result, output.with_suffix(".png"))
+    for name in PATHS:
+        p = paths[name]
+        print(f"{name:9s} TTFT p50 {p['ttft']['p50_ms']:.1f} ms  TPOT p50 {p['tpot'].get('p50_ms', float('nan')):.2f} ms  "
+              f"E2E p50 {p['e2e']['p50_ms']:.0f} ms  decode {p['decode_tokens_per_s'] or 0:.1f} tok/s  "
+              f"output {p['output_tokens_per_s']:.1f} tok/s  {p['requests_per_s']:.3f} req/s")
+    if result["speedup_decode"]:
+        print(f"static/generate decode speed-up x{result['speedup_decode']:.2f}; greedy tokens identical in "
+              f"{identical}/{args.num_requests} requests")
+    print(f"peak memory {memory['peak_mib']:.0f} MiB ({memory['source']}); weights {lm.weight_bytes() / 2**20:.0f} MiB")
+    print(f"wrote {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main, build_parser().parse_args()))

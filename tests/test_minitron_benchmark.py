@@ -1,0 +1,46 @@
+"""Minitron benchmark: exact token counts, every latency field, greedy-identical fast path, JSON + PNG (no timing
+assertions: a shared CI machine makes them flaky)."""
+from __future__ import annotations
+
+import json
+
+from conftest import MINITRON_FOLDER, load_script
+
+
+def check(result, requests, out_tokens):
+    for name in ("generate", "static"):
+        p = result["paths"][name]
+        for key in ("ttft", "tpot", "e2e"):
+            assert p[key]["n"] == requests and {"mean_ms", "p50_ms", "p90_ms", "p99_ms"} <= set(p[key])
+        assert p["itl"]["n"] == requests * (out_tokens - 1)
+        assert p["output_tokens_per_s"] > 0 and p["total_tokens_per_s"] > p["output_tokens_per_s"]
+        assert p["requests_per_s"] > 0 and p["decode_tokens_per_s"] > 0
+    assert result["greedy_identical"] is True and result["speedup_decode"] > 0
+    assert result["memory"]["weights_mib"] > 0 and result["memory"]["peak_mib"] > 0
+
+
+def test_benchmark_tiny_nemotron(tiny_minitron, tmp_path, cli):
+    bench = load_script(MINITRON_FOLDER, "benchmark")
+    out = tmp_path / "bench.json"
+    assert cli(bench, "--model_path", tiny_minitron, "--input_tokens", "16", "--output_tokens", "6",
+               "--num_requests", "4", "--batch_size", "2", "--no_compile", "--output", out) == 0
+    result = json.loads(out.read_text())
+    check(result, 4, 6)
+    assert result["settings"]["compiled"] is False and out.with_suffix(".png").stat().st_size > 0
+
+
+def test_benchmark_real_weights_compiled(smollm2, tmp_path, cli, capsys):
+    bench = load_script(MINITRON_FOLDER, "benchmark")
+    out = tmp_path / "bench.json"
+    assert cli(bench, "--model_path", "smollm2", "--input_tokens", "12", "--output_tokens", "5",
+               "--num_requests", "2", "--output", out, "--no_plot") == 0
+    result = json.loads(out.read_text())
+    check(result, 2, 5)
+    assert result["settings"]["compiled"] is True
+    assert "decode speed-up" in capsys.readouterr().out
+
+
+def test_benchmark_bad_batch(cli, capsys):
+    bench = load_script(MINITRON_FOLDER, "benchmark")
+    assert cli(bench, "--num_requests", "3", "--batch_size", "2") == 2
+    assert "multiple of --batch_size" in capsys.readouterr().err
