@@ -164,7 +164,7 @@ def plot(result: dict, path: Path) -> None:
     right.set_xticks(x, names)
     right.set(ylabel="tokens / s", title=f"decode throughput (x{result['speedup_decode']:.2f})")
     s = result["settings"]
-    fig.suptitle(f"{result['model']} on {result['metadata']['device_name']}, {result['metadata']['dtype']}, "
+    fig.suptitle(f"{result['model']} on {result['meta']['device_name']}, {result['meta']['dtype']}, "
                  f"{s['input_tokens']} in / {s['output_tokens']} out, batch {s['batch_size']}", fontsize=9)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
@@ -231,7 +231,7 @@ def main(args) -> int:
     for name in PATHS:
         paths[name]["warmup_s"] = warm[name]
     gen, sta = paths["generate"]["decode_tokens_per_s"], paths["static"]["decode_tokens_per_s"]
-    result = {"metadata": run_metadata(lm.device, lm.dtype_name), "model": model_name, "source": str(lm.source),
+    result = {"meta": run_metadata(lm.device, lm.dtype_name), "model": model_name, "source": str(lm.source),
               "settings": {"input_tokens": args.input_tokens, "output_tokens": args.output_tokens,
                            "num_requests": args.num_requests, "batch_size": args.batch_size, "warmup": args.warmup,
                            "compiled": fast.compiled},

@@ -250,7 +250,7 @@ def main(args) -> int:
                             flex=f"{sum(r['correct']['flexible-extract'] for r in run_rows) / len(run_rows):.3f}")
     bar.close()
     results = summarize(records, doc_ids, args.num_runs)
-    summary = {"metadata": run_metadata(lm.device, lm.dtype_name), "config": config, "model_source": str(lm.source),
+    summary = {"meta": run_metadata(lm.device, lm.dtype_name), "config": config, "model_source": str(lm.source),
                "num_questions": len(doc_ids), "log": str(log), **results,
                "fewshot_exemplars": {str(i): shots[i] for i in doc_ids}}
     write_json(output, summary)
