@@ -235,7 +235,8 @@ def main(args) -> int:
               "settings": {"input_tokens": args.input_tokens, "output_tokens": args.output_tokens,
                            "num_requests": args.num_requests, "batch_size": args.batch_size, "warmup": args.warmup,
                            "compiled": fast.compiled},
-              "paths": paths, "speedup_decode": (sta / gen) if gen and sta else None,
+              "paths": paths, "paths_list": [{"path": name, **paths[name]} for name in PATHS],
+              "speedup_decode": (sta / gen) if gen and sta else None,
               "speedup_e2e": paths["generate"]["e2e"]["mean_ms"] / paths["static"]["e2e"]["mean_ms"],
               "greedy_identical_requests": identical, "greedy_identical": identical == args.num_requests,
               "memory": {**memory, "weights_mib": lm.weight_bytes() / 2**20, "parameters": lm.num_parameters()}}
