@@ -44,3 +44,11 @@ def test_benchmark_bad_batch(cli, capsys):
     bench = load_script(MINITRON_FOLDER, "benchmark")
     assert cli(bench, "--num_requests", "3", "--batch_size", "2") == 2
     assert "multiple of --batch_size" in capsys.readouterr().err
+
+
+def test_readme_tables_are_generated_from_the_result_files():
+    from common import report
+
+    from conftest import REPO_ROOT
+
+    assert report.main([str(REPO_ROOT / MINITRON_FOLDER), "--check"]) == 0
