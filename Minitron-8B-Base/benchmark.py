@@ -14,7 +14,7 @@ of --batch_size, one after the other (no concurrency); a request's times are tho
   * peak device memory (CPU: process peak RSS) next to the weights' own size, parameters x bytes per element.
 Paths: `generate` is `model.generate(...)` with its default dynamic cache; `static` is this port's loop: a
 StaticCache sized for the request, prefill, then a torch.compile'd one-token step (greedy argmax, no logits
-processors). Compilation runs in the warm-up and is reported separately. Under greedy decoding both must give the
+processors; on CPU with inductor freezing and the C++ wrapper). Compilation runs in the warm-up and is reported separately. Under greedy decoding both must give the
 same tokens; the number of identical requests is recorded.
 """
 from __future__ import annotations
@@ -86,6 +86,7 @@ class StaticDecoder:
             import torch._inductor.config as inductor_config
 
             inductor_config.freezing = True  # weights become constants: oneDNN-prepacked linears on CPU
+            inductor_config.cpp_wrapper = True  # the compiled step is called from C++, not a Python wrapper
         self.step = torch.compile(self._step, dynamic=False, fullgraph=False) if self.compiled else self._step
         self.cache, self.cache_key = None, None
 
