@@ -148,7 +148,8 @@ def build_prompt(doc: dict, exemplars: list[dict]) -> str:
 # --- the run -------------------------------------------------------------------------------------------------------
 
 def run_seed(seed: int, run: int, first_id: int) -> int:
-    """The sampling seed of one batch: fixed by (seed, run, first question), so a resumed run draws the same way."""
+    """The sampling seed of one batch, fixed by (seed, run, first question). A resume can start batches elsewhere,
+    so resumed sampled answers may differ from an uninterrupted run's; greedy ones do not."""
     return (seed * 1_000_003 + run * 10_007 + first_id) % 2**31
 
 
