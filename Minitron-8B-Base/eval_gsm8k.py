@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from common.errors import ArgumentParser, UserError, positive_int, run_main  # noqa: E402
+from common.model_path import hub_reachable  # noqa: E402
 from common.results import append_jsonl, read_jsonl, run_metadata, write_json  # noqa: E402
 from inference import CausalLM, add_model_args  # noqa: E402
 
@@ -120,13 +121,27 @@ def load_data(data: str | None) -> tuple[list[dict], list[dict]]:
         return _read_split(folder / "test.jsonl"), _read_split(folder / "train.jsonl")
     try:
         import pandas as pd
-        from huggingface_hub import hf_hub_download
+        import pyarrow  # noqa: F401  (pandas' parquet engine; optional, only the hub path needs it)
+    except ImportError:
+        raise UserError("reading GSM8K from the hub needs pandas and pyarrow (`pip install pandas pyarrow`); "
+                        "or pass a local copy with --data FOLDER (test.jsonl + train.jsonl)") from None
+    from huggingface_hub import hf_hub_download
 
-        splits = [pd.read_parquet(hf_hub_download(HUB_DATASET, f"main/{s}-00000-of-00001.parquet",
-                                                  repo_type="dataset")) for s in ("test", "train")]
+    def fetch(split: str, cached_only: bool) -> str:
+        return hf_hub_download(HUB_DATASET, f"main/{split}-00000-of-00001.parquet", repo_type="dataset",
+                               local_files_only=cached_only)
+
+    try:
+        try:
+            files = [fetch(s, cached_only=True) for s in ("test", "train")]
+        except Exception:
+            if not hub_reachable():  # offline: one quick connect instead of huggingface_hub's retry loop
+                raise ConnectionError("offline") from None
+            files = [fetch(s, cached_only=False) for s in ("test", "train")]
+        splits = [pd.read_parquet(f) for f in files]
     except Exception as exc:
-        raise UserError(f"cannot get GSM8K from the hub ({type(exc).__name__}); download it with `hf download "
-                        f"{HUB_DATASET} --repo-type dataset` (or ModelScope) as JSONL and pass --data FOLDER") from None
+        raise UserError(f"cannot get GSM8K from the hub ({type(exc).__name__}: {exc}); pass a local copy with "
+                        "--data FOLDER holding test.jsonl and train.jsonl, e.g. --data ../../shared/data/gsm8k/") from None
     return tuple([{"question": q, "answer": a} for q, a in zip(df["question"], df["answer"])] for df in splits)
 
 
