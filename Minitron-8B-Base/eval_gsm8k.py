@@ -20,6 +20,7 @@ crash is dropped), so nothing is lost or counted twice.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import random
@@ -45,7 +46,8 @@ FLEXIBLE_RE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
 IGNORE_RES = [",", "\\$", "(?s).*#### ", "\\.$"]
 INVALID = "[invalid]"
 FILTERS = ("strict-match", "flexible-extract")
-HUB_DATASET = "openai/gsm8k"
+HUB_DATASET = "openai/gsm8k"  # Hugging Face: main/{test,train}-00000-of-00001.parquet
+MODELSCOPE_DATASET = "modelscope/gsm8k"  # the ModelScope mirror, tried when HF fails and modelscope is installed
 
 
 # --- lm-eval's filters and metric ---------------------------------------------------------------------------------
@@ -110,8 +112,51 @@ def _read_split(path: Path) -> list[dict]:
     return docs
 
 
+def _read_table(path: Path) -> list[dict]:
+    """One split from a .jsonl file (the original release) or a .parquet file (the hub mirrors)."""
+    if path.suffix == ".jsonl":
+        return _read_split(path)
+    import pandas as pd  # parquet needs pandas + pyarrow, both in requirements-base.txt
+    df = pd.read_parquet(path)
+    return [{"question": q, "answer": a} for q, a in zip(df["question"], df["answer"])]
+
+
+def _split_files(folder: Path) -> list[Path]:
+    """test and train files inside a downloaded dataset snapshot, whatever its layout: the `main` config's parquet
+    (HF openai/gsm8k) or jsonl/parquet files named after their split (ModelScope mirrors). The `socratic` config
+    has other answers and is skipped."""
+    files = [f for f in sorted(folder.rglob("*")) if f.suffix in (".jsonl", ".parquet") and "socratic" not in str(f)]
+    found = []
+    for split in ("test", "train"):
+        matches = [f for f in files if f.name.startswith(split)]
+        if not matches:
+            raise FileNotFoundError(f"no {split} split (.jsonl or .parquet) under {folder}")
+        found.append(matches[0])
+    return found
+
+
+def _from_huggingface() -> list[Path]:
+    from huggingface_hub import hf_hub_download
+
+    def fetch(split: str, cached_only: bool) -> Path:
+        return Path(hf_hub_download(HUB_DATASET, f"main/{split}-00000-of-00001.parquet", repo_type="dataset",
+                                    local_files_only=cached_only))
+    try:
+        return [fetch(s, cached_only=True) for s in ("test", "train")]
+    except Exception:
+        if not hub_reachable():  # offline: one quick connect instead of huggingface_hub's retry loop
+            raise ConnectionError("huggingface.co is not reachable") from None
+        return [fetch(s, cached_only=False) for s in ("test", "train")]
+
+
+def _from_modelscope() -> list[Path]:
+    from modelscope import dataset_snapshot_download  # optional, imported only when HF fails and it is installed
+    return _split_files(Path(dataset_snapshot_download(MODELSCOPE_DATASET)))
+
+
 def load_data(data: str | None) -> tuple[list[dict], list[dict]]:
-    """(test, train) docs from a local folder with test.jsonl and train.jsonl, or from the hub dataset."""
+    """(test, train) docs from a local folder with test.jsonl and train.jsonl, or from the hub: Hugging Face
+    (openai/gsm8k, cached after the first run), then ModelScope (modelscope/gsm8k) when `modelscope` is installed."""
     if data:
         folder = Path(data).expanduser()
         missing = [n for n in ("test.jsonl", "train.jsonl") if not (folder / n).is_file()]
@@ -119,30 +164,18 @@ def load_data(data: str | None) -> tuple[list[dict], list[dict]]:
             raise UserError(f"--data {data!r} lacks {', '.join(missing)}; pass the folder with GSM8K's test.jsonl "
                             "and train.jsonl")
         return _read_split(folder / "test.jsonl"), _read_split(folder / "train.jsonl")
-    try:
-        import pandas as pd
-        import pyarrow  # noqa: F401  (pandas' parquet engine; optional, only the hub path needs it)
-    except ImportError:
-        raise UserError("reading GSM8K from the hub needs pandas and pyarrow (`pip install pandas pyarrow`); "
-                        "or pass a local copy with --data FOLDER (test.jsonl + train.jsonl)") from None
-    from huggingface_hub import hf_hub_download
-
-    def fetch(split: str, cached_only: bool) -> str:
-        return hf_hub_download(HUB_DATASET, f"main/{split}-00000-of-00001.parquet", repo_type="dataset",
-                               local_files_only=cached_only)
-
-    try:
+    sources = [("huggingface", _from_huggingface)]
+    if importlib.util.find_spec("modelscope") is not None:
+        sources.append(("modelscope", _from_modelscope))
+    reasons = []
+    for name, fetch in sources:
         try:
-            files = [fetch(s, cached_only=True) for s in ("test", "train")]
-        except Exception:
-            if not hub_reachable():  # offline: one quick connect instead of huggingface_hub's retry loop
-                raise ConnectionError("offline") from None
-            files = [fetch(s, cached_only=False) for s in ("test", "train")]
-        splits = [pd.read_parquet(f) for f in files]
-    except Exception as exc:
-        raise UserError(f"cannot get GSM8K from the hub ({type(exc).__name__}: {exc}); pass a local copy with "
-                        "--data FOLDER holding test.jsonl and train.jsonl, e.g. --data ../../shared/data/gsm8k/") from None
-    return tuple([{"question": q, "answer": a} for q, a in zip(df["question"], df["answer"])] for df in splits)
+            test_file, train_file = fetch()
+            return _read_table(test_file), _read_table(train_file)
+        except Exception as exc:
+            reasons.append(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    raise UserError(f"cannot get GSM8K from the hub ({'; '.join(reasons)}); pass a local copy with --data FOLDER "
+                    "holding test.jsonl and train.jsonl, e.g. --data ../../shared/data/gsm8k/")
 
 
 def fewshot_ids(num_docs: int, train_size: int, k: int, seed: int = FEWSHOT_SEED) -> list[list[int]]:

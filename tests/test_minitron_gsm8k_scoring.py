@@ -1,7 +1,9 @@
 """GSM8K scoring as lm-eval gsm8k v3 does it: extraction filters, normalisation, pass@k, prompt layout."""
 from __future__ import annotations
 
+import json
 import random
+import sys
 
 import pytest
 
@@ -79,3 +81,58 @@ def test_fewshot_ids_are_lm_evals_seeded_stream():
     rnd = random.Random(1234)
     assert ids == [rnd.sample(range(7473), 5) for _ in range(3)]
     assert ids == E.fewshot_ids(3, 7473, 5) and ids[0] != ids[1]
+
+
+# --- where the data comes from: --data, the HF parquet files, the ModelScope mirror, offline ----------------------
+
+def _write_parquet(rows: list[dict], path):
+    import pandas as pd
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_parquet(path)
+    return path
+
+
+def _local_splits(shared_data, n=3):
+    test, train = E.load_data(str(shared_data / "gsm8k"))
+    return test[:n], train[:n]
+
+
+def test_hub_parquet_files_are_read(shared_data, tmp_path, monkeypatch):
+    """The HF route: hf_hub_download hands back openai/gsm8k's parquet files; they must parse like the jsonl."""
+    import huggingface_hub
+    test, train = _local_splits(shared_data)
+    files = {s: _write_parquet(rows, tmp_path / "main" / f"{s}-00000-of-00001.parquet")
+             for s, rows in (("test", test), ("train", train))}
+    asked = []
+
+    def fake_download(repo_id, filename, repo_type, local_files_only):
+        asked.append((repo_id, filename, repo_type))
+        return str(files[filename.split("/")[1].split("-")[0]])
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    assert E.load_data(None) == (test, train)
+    assert asked[0] == ("openai/gsm8k", "main/test-00000-of-00001.parquet", "dataset")
+
+
+def test_modelscope_is_tried_when_hf_fails(shared_data, tmp_path, monkeypatch):
+    import importlib.machinery
+    import types
+    test, train = _local_splits(shared_data)
+    snapshot = tmp_path / "ms"
+    _write_parquet(train[:1], snapshot / "data" / "socratic" / "train.parquet")  # sorts first; must not be picked
+    _write_parquet(test, snapshot / "main" / "test-00000-of-00001.parquet")
+    (snapshot / "main" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train), encoding="utf-8")
+    fake = types.ModuleType("modelscope")
+    fake.__spec__ = importlib.machinery.ModuleSpec("modelscope", None)
+    fake.dataset_snapshot_download = lambda dataset_id: str(snapshot) if dataset_id == "modelscope/gsm8k" else None
+    monkeypatch.setitem(sys.modules, "modelscope", fake)
+    monkeypatch.setattr(E, "_from_huggingface", lambda: (_ for _ in ()).throw(ConnectionError("offline")))
+    assert E.load_data(None) == (test, train)
+
+
+def test_offline_without_data_names_both_hubs_and_data(monkeypatch):
+    monkeypatch.setattr(E, "hub_reachable", lambda: False)
+    monkeypatch.setattr(E.importlib.util, "find_spec", lambda name: None)  # modelscope not installed
+    with pytest.raises(E.UserError) as err:
+        E.load_data(None)
+    message = str(err.value)
+    assert "huggingface" in message and "--data" in message and "\n" not in message
