@@ -283,7 +283,10 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         at = lens[:, None] + torch.arange(new, device=device)
         k_cache[rows[:, None], at] = k.to(k_cache.dtype)
         v_cache[rows[:, None], at] = v.to(v_cache.dtype)
-    keys, values = k_cache[rows, :limit], v_cache[rows, :limit]
+    if cache_batch_idx is None:  # rows 0..batch-1: views, no copy of the cache per call
+        keys, values = k_cache[:batch, :limit], v_cache[:batch, :limit]
+    else:
+        keys, values = k_cache[rows, :limit], v_cache[rows, :limit]
     seen = (lens + new).view(-1, 1, 1, 1)  # keys each row may see
     j = torch.arange(limit, device=device).view(1, -1)
     keep = j < seen

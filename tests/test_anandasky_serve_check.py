@@ -244,3 +244,9 @@ def test_bad_arguments_exit_2_without_a_request(serve_check, server, monkeypatch
     printed = lines(capsys)
     assert len(printed) == 1 and printed[0].startswith("error:") and message in printed[0], printed
     assert server.requests == []
+
+
+def test_loopback_server_ignores_proxy_variables(serve_check, server, monkeypatch):
+    for name in ("http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:1")  # a dead proxy: using it would make the check fail
+    assert run(serve_check, ["--base-url", server.url, "--model", MODEL], monkeypatch) == 0

@@ -6,6 +6,7 @@ Plus the KV cache, bert_padding, rotary, and install()/uninstall() with unmodifi
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import sys
 
 import pytest
@@ -60,6 +61,27 @@ def clean_modules():
     fa.uninstall()
 
 
+# --- signatures: positional callers must land on the same parameters as with the real flash-attn 2.7 ----------
+
+REAL_SIGNATURES = {  # copied from flash_attn/flash_attn_interface.py, flash_attn/bert_padding.py, layers/rotary.py
+    "flash_attn_func": "q k v dropout_p softmax_scale causal window_size softcap alibi_slopes deterministic "
+                       "return_attn_probs",
+    "flash_attn_varlen_func": "q k v cu_seqlens_q cu_seqlens_k max_seqlen_q max_seqlen_k dropout_p softmax_scale "
+                              "causal window_size softcap alibi_slopes deterministic return_attn_probs block_table",
+    "flash_attn_with_kvcache": "q k_cache v_cache k v rotary_cos rotary_sin cache_seqlens cache_batch_idx "
+                               "cache_leftpad block_table softmax_scale causal window_size softcap rotary_interleaved "
+                               "alibi_slopes num_splits return_softmax_lse",
+    "unpad_input": "hidden_states attention_mask unused_mask",
+    "pad_input": "hidden_states indices batch seqlen",
+    "apply_rotary_emb": "x cos sin interleaved inplace seqlen_offsets cu_seqlens max_seqlen",
+}
+
+
+@pytest.mark.parametrize("name", REAL_SIGNATURES)
+def test_signatures_match_flash_attn(name):
+    assert list(inspect.signature(getattr(fa, name)).parameters) == REAL_SIGNATURES[name].split()
+
+
 # --- flash_attn_func ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("heads", [(8, 8), (8, 2), (8, 1)], ids=["MHA", "GQA", "MQA"])
@@ -95,7 +117,8 @@ def test_func_custom_softmax_scale():
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_func_bf16(causal):
-    q, k, v = (randn(2, s, h, HEADDIM, seed=i, dtype=torch.bfloat16) for i, (s, h) in enumerate([(7, 8), (9, 2), (9, 2)]))
+    shapes = [(7, 8), (9, 2), (9, 2)]  # GQA, seqlen_q != seqlen_k
+    q, k, v = (randn(2, s, h, HEADDIM, seed=i, dtype=torch.bfloat16) for i, (s, h) in enumerate(shapes))
     out = fa.flash_attn_func(q, k, v, causal=causal)
     assert out.dtype == torch.bfloat16
     assert max_err(out, naive(q, k, v, bottom_right(7, 9)[None] if causal else None)) < BF16_TOL
