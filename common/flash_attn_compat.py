@@ -67,12 +67,12 @@ def _reject_unsupported(dropout_p=0.0, window_size=(-1, -1), softcap=0.0, alibi_
                                       f"supported ({why})")
 
 
-def _check_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head_dim: int = -2) -> None:
+def _check_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads_axis: int = -2) -> None:
     """flash-attn's GQA rule: nheads must be a multiple of nheads_k; k and v must agree."""
     if k.shape != v.shape:
         raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
-    if q.shape[head_dim] % k.shape[head_dim]:
-        raise ValueError(f"nheads ({q.shape[head_dim]}) must be a multiple of nheads_k ({k.shape[head_dim]})")
+    if q.shape[heads_axis] % k.shape[heads_axis]:
+        raise ValueError(f"nheads ({q.shape[heads_axis]}) must be a multiple of nheads_k ({k.shape[heads_axis]})")
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(f"q and k head dims differ: {q.shape[-1]} vs {k.shape[-1]}")
 
