@@ -26,7 +26,7 @@ sys.path.insert(0, str(HERE.parent))  # the repo root, for `common`
 
 from common.errors import ArgumentParser, UserError, positive_int, run_main  # noqa: E402
 from common.results import append_jsonl, read_jsonl, run_metadata, write_json  # noqa: E402
-from inference import DEFAULT_PROMPT, AnandaSkyOCR, add_model_args  # noqa: E402
+from inference import DEFAULT_PROMPT, AnandaSkyOCR, add_model_args, read_image  # noqa: E402
 
 DEFAULT_BATCH_SIZE = 8  # lines per recognize() call: their images are packed into one vision-encoder pass
 DEFAULT_MAX_NEW_TOKENS = 128  # the longest uw3_500 line has 167 characters, roughly 50 Qwen3 tokens
@@ -100,9 +100,7 @@ def load_labels(data: str) -> tuple[Path, list[dict]]:
 def load_line_image(path: Path, rotate: str):
     """(RGB PIL image, rotated?) A vertical line (height > ROTATE_ASPECT × width) is turned clockwise under
     --rotate auto: the one rotated uw3_500 image reads bottom to top."""
-    from processor import load_image  # clear errors for missing, truncated and non-image files
-
-    image = load_image(path)
+    image = read_image(path)  # one-line errors for missing, truncated and non-image files
     if rotate == "auto" and image.height > ROTATE_ASPECT * image.width:
         from PIL import Image
         return image.transpose(Image.Transpose.ROTATE_270), True
