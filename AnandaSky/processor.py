@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from modeling_anandasky_patched import AnandaSkyConfig
 
@@ -46,25 +46,25 @@ class ImageError(ValueError):
     """An input image that cannot be used; the message names the file and the problem in one line."""
 
 
-def _open(source) -> tuple[Image.Image, str]:
-    """PIL image (not yet decoded) and a name for messages, from a path, bytes or a PIL image."""
+def _source(source) -> tuple[object, str]:
+    """What PIL should open (a PIL image, a path or a byte stream) and a name for messages; checks the file."""
     if isinstance(source, Image.Image):
         return source, "image"
     if isinstance(source, (bytes, bytearray)):
         if not source:
-            raise ImageError("image bytes are empty (0 bytes)")
-        return Image.open(io.BytesIO(source)), "image bytes"
+            raise ImageError("image data is empty (0 bytes)")
+        return io.BytesIO(source), "image data"
     if not isinstance(source, (str, os.PathLike)):
         raise ImageError(f"expected an image path, bytes or a PIL image, got {type(source).__name__}")
     path = Path(source)
-    name = repr(str(path))
+    name = f"image file {str(path)!r}"
     if not path.exists():
-        raise ImageError(f"image file {name} does not exist; check the path")
+        raise ImageError(f"{name} does not exist; check the path")
     if not path.is_file():
-        raise ImageError(f"image file {name} is a folder, not an image file")
+        raise ImageError(f"{name} is a folder, not an image file")
     if path.stat().st_size == 0:
-        raise ImageError(f"image file {name} is empty (0 bytes)")
-    return Image.open(path), f"image file {name}"
+        raise ImageError(f"{name} is empty (0 bytes)")
+    return path, name
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -83,23 +83,19 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 def load_image(source) -> Image.Image:
     """Decoded RGB image from a path, bytes or PIL image, or ImageError (missing, empty, not an image, corrupt)."""
+    opened, name = _source(source)
     try:
-        img, name = _open(source)
-    except ImageError:
-        raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageError(f"cannot read the image: {exc}") from None
-    try:
+        img = opened if isinstance(opened, Image.Image) else Image.open(opened)
         img.load()  # decode now: a truncated or corrupt file fails here, not deep inside the model
         img = ImageOps.exif_transpose(img)  # phone photos of handwriting are stored sideways with an EXIF flag
-        if img.width < 1 or img.height < 1:
-            raise ImageError(f"{name} has zero size ({img.width}x{img.height} pixels)")
-        return _to_rgb(img)
-    except ImageError:
-        raise
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         detail = str(exc).split("\n")[0] or type(exc).__name__
-        raise ImageError(f"{name} is not a readable image ({detail}); is it truncated or not an image?") from None
+        if isinstance(exc, UnidentifiedImageError):  # PIL's text repeats the path or names a BytesIO object
+            detail = "not an image format PIL reads"
+        raise ImageError(f"{name} is not a readable image ({detail}); is it truncated, or not an image?") from None
+    if img.width < 1 or img.height < 1:
+        raise ImageError(f"{name} has zero size ({img.width}x{img.height} pixels)")
+    return _to_rgb(img)
 
 
 def target_size(height: int, width: int, patch: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
@@ -127,6 +123,17 @@ def target_size(height: int, width: int, patch: int, min_pixels: int, max_pixels
         else:
             h = max(patch, max_pixels // w // patch * patch)
     return h, w
+
+
+def check_prompt(prompt) -> str:
+    """The prompt, or ValueError: it must be a string without the chat/vision special tokens (a literal
+    <|image_pad|> would desynchronise image tokens and patches)."""
+    if not isinstance(prompt, str):
+        raise ValueError(f"a prompt must be a string, got {type(prompt).__name__}")
+    found = [tok for tok in SPECIAL_TOKENS if tok in prompt]
+    if found:
+        raise ValueError(f"the prompt must not contain the special tokens {found}")
+    return prompt
 
 
 def patchify(pixels: np.ndarray, patch: int) -> np.ndarray:
@@ -200,14 +207,6 @@ class AnandaSkyProcessor:
         return (f"{IM_START}user\n{VISION_START}{IMAGE_PAD * num_patches}{VISION_END}{prompt}{IM_END}\n"
                 f"{IM_START}assistant\n")
 
-    def _check_prompt(self, prompt) -> str:
-        if not isinstance(prompt, str):
-            raise ValueError(f"a prompt must be a string, got {type(prompt).__name__}")
-        found = [tok for tok in SPECIAL_TOKENS if tok in prompt]
-        if found:  # a literal <|image_pad|> would desynchronise image tokens and patches
-            raise ValueError(f"the prompt must not contain the special tokens {found}")
-        return prompt
-
     def __call__(self, images: list, prompts: str | list[str]) -> dict:
         """One prompt per image (a single string is used for all). Returns input_ids, attention_mask (left-padded),
         pixel_values (all images' patches packed, float32) and image_grid_hw (n_images, 2)."""
@@ -221,7 +220,7 @@ class AnandaSkyProcessor:
             pixels, grid = self.image_patches(image)
             patches.append(pixels)
             grids.append(grid)
-            text = self.build_prompt(pixels.shape[0], self._check_prompt(prompt))
+            text = self.build_prompt(pixels.shape[0], check_prompt(prompt))
             rows.append(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         input_ids, attention_mask = self.left_pad(rows)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": torch.cat(patches),
