@@ -20,14 +20,21 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # the repo root, for `common`
 
+import torch  # noqa: E402
+
 from common.errors import ArgumentParser, run_main  # noqa: E402
+from modeling_anandasky_patched import AnandaSkyConfig, AnandaSkyForConditionalGeneration  # noqa: E402
+from processor import AnandaSkyProcessor  # noqa: E402
 
 SEED = 0  # fixed weights: every build gives the same checkpoint
 VOCAB_TARGET = 3072  # BPE vocabulary to learn (special tokens and the 256 bytes included)
 VOCAB_MULTIPLE = 64  # the embedding is padded to a multiple, as Qwen3's 151,936 rows hold a 151,669-token vocab
-# A trained model's next-token distributions are peaked; from a 0.02-std embedding (the lm_head is tied to it) they
-# are near flat, and top-1 between near-tied logits is decided by bf16 rounding. 0.1 gives trained-like margins.
-EMBED_STD = 0.1
+# The embedding (tied to the lm_head). A trained LM's logits are peaked; from Qwen3's 0.02-std random embedding they
+# are near flat, and bf16 rounding flips top-1 between near-tied tokens at ~3% of positions, failing the bf16
+# top-1 criterion by chance. At std 0.1 a token's own row dominates its position's logits: a peaked (if trivial,
+# "repeat the token") prediction, robust to rounding. The special and whitespace-only tokens keep 0.02, so after
+# "<|im_start|>assistant\n" the context, not the newline, picks the first generated token.
+EMBED_STD, QUIET_EMBED_STD = 0.1, 0.02
 PARAM_RANGE = (38e6, 44e6)  # the checkpoint must stay ~41M parameters: real vision tower + shrunk decoder
 TEXT_CONFIG = dict(  # Qwen3-0.6B: hidden 1024, 28 layers, 16/8 heads x 128, MLP 3072, vocab 151936; shrunk
     hidden_size=512, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=128,
@@ -101,11 +108,13 @@ def portable_tokenizer_class(folder: Path) -> None:
     file.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
 
 
-def build_model(vocab_size: int, special_ids: dict):
-    """The seeded random model: real vision tower and bridge input, shrunk Qwen3 decoder."""
-    import torch
-    from modeling_anandasky_patched import AnandaSkyConfig, AnandaSkyForConditionalGeneration
+def quiet_token_ids(tokenizer) -> list[int]:
+    """The special tokens and the tokens that decode to whitespace only (newline, spaces, tabs)."""
+    return [i for i in range(len(tokenizer)) if i in tokenizer.all_special_ids or not tokenizer.decode([i]).strip()]
 
+
+def build_model(vocab_size: int, special_ids: dict, quiet_ids: list[int]):
+    """The seeded random model: real vision tower and bridge input, shrunk Qwen3 decoder."""
     text = dict(TEXT_CONFIG, vocab_size=vocab_size, bos_token_id=special_ids["<|endoftext|>"],
                 eos_token_id=special_ids["<|im_end|>"], pad_token_id=special_ids["<|endoftext|>"])
     config = AnandaSkyConfig(text_config=text, image_token_id=special_ids["<|image_pad|>"],
@@ -114,7 +123,9 @@ def build_model(vocab_size: int, special_ids: dict):
     torch.manual_seed(SEED)
     model = AnandaSkyForConditionalGeneration(config).eval()
     with torch.no_grad():
-        model.get_input_embeddings().weight.normal_(0.0, EMBED_STD)
+        embedding = model.get_input_embeddings().weight
+        embedding.normal_(0.0, EMBED_STD)
+        embedding[quiet_ids] *= QUIET_EMBED_STD / EMBED_STD
     gen = model.generation_config
     gen.eos_token_id, gen.pad_token_id, gen.bos_token_id = text["eos_token_id"], text["pad_token_id"], None
     gen.do_sample, gen.max_new_tokens = False, 128
@@ -125,15 +136,13 @@ def build(out_dir) -> Path:
     """Write the test checkpoint to `out_dir` (created if needed); returns the folder."""
     from transformers.utils import logging as hf_logging
 
-    from processor import AnandaSkyProcessor
-
     hf_logging.disable_progress_bar()
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer()
     special_ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in SPECIAL_TOKENS}
     vocab_size = -(-len(tokenizer) // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
-    model = build_model(vocab_size, special_ids)
+    model = build_model(vocab_size, special_ids, quiet_token_ids(tokenizer))
     counts = parameter_counts(model)
     if not PARAM_RANGE[0] <= counts["total"] <= PARAM_RANGE[1]:
         raise RuntimeError(f"test checkpoint has {counts['total']:,} parameters, outside {PARAM_RANGE}")
