@@ -14,7 +14,7 @@ Python:
 The model code is always this folder's modeling_anandasky_patched.py (imported here, then `from_pretrained`), never
 the modeling file inside the weights folder: the upstream file there needs flash_attn. `--model-path` defaults to
 $ANANDASKY_MODEL_PATH; there is no hub download. `--eval` runs the device and dtype under test and a CPU
-float32 reference on a fixed rendered text line (plus any --image) and compares, with `common.metrics.parity`,
+float32 reference on fixed rendered text images (plus any --image) and compares, with `common.metrics.parity`,
 the vision features and the prefill logits at the text positions (why not the image positions: `parity_parts`).
 The verdicts and their thresholds go to results/eval_results.json (or --output). Exit 0 on PASS, 1 on FAIL.
 """
@@ -37,14 +37,18 @@ from common.metrics import format_parity, parity  # noqa: E402
 from common.model_path import check_weights  # noqa: E402
 from common.results import run_metadata, write_json  # noqa: E402
 from modeling_anandasky_patched import AnandaSkyForConditionalGeneration  # noqa: E402
-from processor import AnandaSkyProcessor, ImageError, load_image  # noqa: E402
+from processor import AnandaSkyProcessor, ImageError, check_prompt, load_image  # noqa: E402
 
 ENV_MODEL_PATH = "ANANDASKY_MODEL_PATH"  # used when --model-path is not given
 DEFAULT_PROMPT = "Recognize the text in this image."
 DEFAULT_MAX_NEW_TOKENS = 128  # a long printed line is ~80 characters, ~30-60 tokens
 DEFAULT_BATCH_SIZE = 8  # images per generate call; all of a batch go through the vision encoder in one pass
 DEFAULT_EVAL_OUTPUT = HERE / "results" / "eval_results.json"
-EVAL_TEXT = "The quick brown fox jumps over the lazy dog. 0123456789"  # the rendered parity input
+# --eval's fixed inputs: text rendered in-script (a wide line, a small label, a 3-line block; font size in pixels),
+# each with --prompt and the second prompt. Pooled, they give ~120 text positions for the top-1 criterion.
+EVAL_TEXTS = (("The quick brown fox jumps over the lazy dog. 0123456789", 22), ("Invoice 4471-B: $1,284.50", 13),
+              ("Chapter One.\nIt was a bright cold day in April,\nand the clocks were striking thirteen.", 18))
+EVAL_PROMPTS = (DEFAULT_PROMPT, "Transcribe the text exactly, keeping line breaks.")
 BUILD_HINT = "python make_test_checkpoint.py --output test_checkpoint"
 
 
@@ -92,6 +96,13 @@ def load_model(folder: Path, dtype: torch.dtype):
         raise UserError(f"{str(folder)!r}: the tokenizer's <|image_pad|> id {processor.image_token_id} is not the "
                         f"config's image_token_id {model.config.image_token_id}")
     return processor, model.eval()
+
+
+def valid_prompt(prompt: str) -> str:
+    try:
+        return check_prompt(prompt)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def read_image(source):
@@ -165,22 +176,22 @@ class AnandaSkyOCR:
         return out.logits[0].float().cpu()
 
 
-def render_eval_image(text: str = EVAL_TEXT):
-    """A deterministic text line: black text on a white strip, drawn with PIL's bundled font."""
+def render_text_image(text: str, size: int = 22):
+    """A deterministic text image: black text on white with a margin, drawn with PIL's bundled font."""
     from PIL import Image, ImageDraw, ImageFont
 
     try:
-        font = ImageFont.load_default(size=22)
+        font = ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1: only the small bitmap font
         font = ImageFont.load_default()
-    left, top, right, bottom = ImageDraw.Draw(Image.new("RGB", (1, 1))).textbbox((0, 0), text, font=font)
+    left, top, right, bottom = ImageDraw.Draw(Image.new("RGB", (1, 1))).multiline_textbbox((0, 0), text, font=font)
     image = Image.new("RGB", (right - left + 24, bottom - top + 16), "white")
-    ImageDraw.Draw(image).text((12 - left, 8 - top), text, fill="black", font=font)
+    ImageDraw.Draw(image).multiline_text((12 - left, 8 - top), text, fill="black", font=font)
     return image
 
 
-def parity_parts(test: AnandaSkyOCR, reference: AnandaSkyOCR, images: list, prompt: str) -> tuple[dict, list]:
-    """{"vision": ..., "logits": ...} parity results over all images, and the positions scored per image.
+def parity_parts(test: AnandaSkyOCR, reference: AnandaSkyOCR, inputs: list) -> tuple[dict, list]:
+    """{"vision": ..., "logits": ...} parity over all (image, prompt) inputs, and the positions scored per input.
 
     vision: the encoder + bridge output for every patch, the code that replaced flash_attn_varlen_func.
     logits: the prefill logits at the text positions. The <|image_pad|> positions are left out: nothing reads their
@@ -188,8 +199,8 @@ def parity_parts(test: AnandaSkyOCR, reference: AnandaSkyOCR, images: list, prom
     are untrained, near-flat noise whose top-1 is decided by rounding; their effect on the text is still scored,
     since every later text position attends to the image.
     """
-    got = [test.prefill(image, prompt) for image in images]
-    want = [reference.prefill(image, prompt) for image in images]
+    got = [test.prefill(image, prompt) for image, prompt in inputs]
+    want = [reference.prefill(image, prompt) for image, prompt in inputs]
     text = [~w["is_image_token"] for w in want]
     parts = {
         "vision": parity(torch.cat([g["image_features"] for g in got]),
@@ -202,24 +213,32 @@ def parity_parts(test: AnandaSkyOCR, reference: AnandaSkyOCR, images: list, prom
     return parts, positions
 
 
+def eval_inputs(args) -> list[tuple[str, object, str]]:
+    """(name, image, prompt) for --eval: the rendered texts and any --image, each with every prompt."""
+    images = [(f"rendered: {text!r} at {size}px", render_text_image(text, size)) for text, size in EVAL_TEXTS]
+    images += [(str(path), read_image(path)) for path in args.image or []]
+    prompts = list(dict.fromkeys((args.prompt, *EVAL_PROMPTS)))  # --prompt first, no repeats
+    return [(name, image, prompt) for name, image in images for prompt in prompts]
+
+
 def run_eval(args) -> int:
     """Parity of --device/--dtype against CPU float32; writes the JSON; 0 on PASS, 1 on FAIL."""
     folder = resolve_folder(args.model_path)
-    inputs = [("rendered: " + EVAL_TEXT, render_eval_image())]
-    inputs += [(str(path), read_image(path)) for path in args.image or []]
+    inputs = eval_inputs(args)
+    valid_prompt(args.prompt)
     test = AnandaSkyOCR(folder, args.device, args.dtype)
     reference = AnandaSkyOCR(folder, "cpu", "fp32")
-    parts, positions = parity_parts(test, reference, [image for _, image in inputs], args.prompt)
+    parts, positions = parity_parts(test, reference, [(image, prompt) for _, image, prompt in inputs])
     passed = all(part["passed"] for part in parts.values())
-    print(f"{len(inputs)} image(s): {test.device} {test.dtype_name} vs cpu fp32 reference ({folder})")
+    print(f"{len(inputs)} inputs (image x prompt): {test.device} {test.dtype_name} vs cpu fp32 reference ({folder})")
     for name, part in parts.items():
         print(f"{name}:\n{format_parity(part)}")
     print(f"overall: {'PASS' if passed else 'FAIL'}")
-    described = [{"image": name, "size_wh": list(image.size), **pos} for (name, image), pos in zip(inputs, positions)]
+    described = [{"image": name, "size_wh": list(image.size), "prompt": prompt, **pos}
+                 for (name, image, prompt), pos in zip(inputs, positions)]
     output = Path(args.output) if args.output else DEFAULT_EVAL_OUTPUT
     write_json(output, {"meta": run_metadata(test.device, test.dtype_name), "model_path": str(folder),
-                        "prompt": args.prompt, "inputs": described, "num_parameters": test.num_parameters(),
-                        "passed": passed, **parts})
+                        "inputs": described, "num_parameters": test.num_parameters(), "passed": passed, **parts})
     print(f"wrote {output}")
     return 0 if passed else 1
 
@@ -245,10 +264,11 @@ def build_parser() -> ArgumentParser:
 def main(args) -> int:
     if args.eval:
         return run_eval(args)
+    folder = resolve_folder(args.model_path)
     if not args.image:
         raise UserError("pass --image PATH [PATH ...] to read text from images (or --eval for the parity check)")
-    folder = resolve_folder(args.model_path)
-    images = [read_image(path) for path in args.image]  # every file checked before the model loads
+    images = [read_image(path) for path in args.image]  # every input checked before the model loads
+    valid_prompt(args.prompt)
     ocr = AnandaSkyOCR(folder, args.device, args.dtype)
     sys.stderr.write(f"model {folder} on {ocr.device} ({ocr.dtype_name}), {len(images)} image(s)\n")
     texts = ocr.recognize(images, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
