@@ -143,8 +143,7 @@ class AnandaSkyOCR:
                   batch_size: int = DEFAULT_BATCH_SIZE) -> list[str]:
         """Greedy transcription of each image (a path, bytes or PIL image), in order. Every image is read before
         any compute, so a bad file fails at once; each batch is one vision pass and one generate call."""
-        single = not isinstance(images, (list, tuple))
-        images = [images] if single else list(images)
+        images = list(images) if isinstance(images, (list, tuple)) else [images]
         if max_new_tokens < 1 or batch_size < 1:
             raise UserError(f"max_new_tokens and batch_size must be >= 1, got {max_new_tokens} and {batch_size}")
         loaded = [read_image(image) for image in images]

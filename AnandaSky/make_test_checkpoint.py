@@ -1,6 +1,6 @@
 """Build a random-weight AnandaSky checkpoint (the full architecture, ~41M parameters) for tests and CI.
 
-    python make_test_checkpoint.py --output test_checkpoint      # then: python inference.py --model-path test_checkpoint
+    python make_test_checkpoint.py --output test_checkpoint     # then: inference.py --model-path test_checkpoint
 
 The real weights are not public. This folder has everything a real one has, loaded through the same code paths:
 config.json (with auto_map, so `AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)` works),
@@ -8,8 +8,8 @@ model.safetensors, generation_config.json (eos = <|im_end|>), preprocessor_confi
 tokenizer with Qwen's chat and vision special tokens, and a copy of modeling_anandasky_patched.py.
 The vision encoder and the bridge's input have the real sizes (768 wide, 4 layers, 12 heads, patch 14); the Qwen3
 decoder is shrunk (3 layers, hidden 512) but keeps head_dim 128, grouped-query attention (4 query / 2 KV heads)
-and the tied embedding. Random weights: the text is gibberish, the code path is real. Seeded: the same bytes on
-every build. A few seconds on a laptop CPU.
+and the tied embedding. Random weights (the embedding scaled so that predictions are peaked, see EMBED_STD): the
+text is gibberish, the code path is real. Seeded: the same bytes on every build. A few seconds on a laptop CPU.
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ What the port replaced (the upstream remote code needs the CUDA-only flash_attn 
     (`AnandaSkyVisionAttention`, the reason for the per-image split is written there);
   * `flash_attn_with_kvcache` in the decoder -> transformers' Qwen3 with attn_implementation "sdpa" and its cache;
   * `flash_attn.bert_padding` unpad/pad -> boolean-mask indexing (`masked_scatter` of image features);
-  * a hard-coded `torch.autocast("cuda")` -> no autocast: the model runs in the dtype it was loaded in, and the
+  * an autocast hard-wired to the CUDA device type -> no autocast: the model runs in the dtype it was loaded in, and the
     RoPE angles are computed in float32 with autocast disabled for whatever device the tensors are on.
 
 This file is self-contained (torch + transformers only): it is copied into weights folders and loaded with
