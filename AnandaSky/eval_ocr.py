@@ -161,6 +161,10 @@ def main(args) -> int:
 
     folder, items = load_labels(args.data)
     items = items[: args.limit] if args.limit else items
+    missing = [item["image"] for item in items if not (folder / item["image"]).is_file()]
+    if missing:  # checked before the model loads, not 400 lines into the run
+        raise UserError(f"{len(missing)} image(s) listed in {folder / 'labels.tsv'} do not exist, the first: "
+                        f"{str(folder / missing[0])!r}; check --data")
     model_name = Path(str(args.model_path or "AnandaSky").rstrip("/")).name
     output = Path(args.output or HERE / "results" / f"ocr_{model_name}_{folder.name}.json")
     log = output.with_suffix(".jsonl")

@@ -242,12 +242,17 @@ def run_eval(args) -> int:
     return 0 if passed else 1
 
 
-def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(description=__doc__.split("\n")[0])
+def add_model_args(parser: ArgumentParser) -> None:
+    """--model-path, --device, --dtype: shared by every script of this folder (underscore spellings accepted)."""
     parser.add_argument("--model-path", "--model_path", dest="model_path", default=None,
                         help=f"AnandaSky weights folder (default ${ENV_MODEL_PATH})")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | npu[:N] | mps")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on accelerators, fp32 on CPU) | fp32 | bf16 | fp16")
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
+    add_model_args(parser)
     parser.add_argument("--image", nargs="+", default=None, help="image file(s) to read (PNG, JPEG, ...)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="instruction given with each image")
     parser.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=positive_int,
