@@ -15,7 +15,9 @@ of --batch_size, one after the other (no concurrency); a request's times are tho
 Paths: `generate` is `model.generate(...)` with its default dynamic cache; `static` is this port's loop: a
 StaticCache sized for the request, prefill, then a torch.compile'd one-token step (greedy argmax, no logits
 processors; on CPU with inductor freezing and the C++ wrapper). Compilation runs in the warm-up and is reported separately. Under greedy decoding both must give the
-same tokens; the number of identical requests is recorded.
+same tokens; the number of identical requests is recorded, and where two continuations part, the gap between the
+two tokens' logits in an eager full forward shows whether it is a near-tie flipped by fp32 summation order.
+The copy bandwidth of a 256 MiB tensor is measured too: weights / bandwidth bounds the decode step from below.
 """
 from __future__ import annotations
 
@@ -135,6 +137,39 @@ def request_metrics(start: float, times: list[float], batch: int) -> dict:
             "itl_s": list(np.diff(times)), "decode_tokens_per_s": batch * (out - 1) / (e2e - ttft) if out > 1 else None}
 
 
+NEAR_TIE_LOGIT_GAP = 0.05  # reference logits closer than this are a tie that fp32 kernel order can flip
+
+
+@torch.inference_mode()
+def divergence(lm: CausalLM, prompt: torch.Tensor, ours: torch.Tensor, theirs: torch.Tensor) -> dict:
+    """Where two greedy continuations of one prompt part, and how far apart the two chosen tokens' logits are in an
+    eager full forward at that point: a near-tie (a gap of hundredths of a logit) is flipped by summation order,
+    a large gap would be a bug in the fast path."""
+    k = int((ours != theirs).nonzero()[0])
+    ids = torch.cat((prompt, theirs[:k]))[None].to(lm.device)
+    logits = lm.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1].double().cpu()
+    top2 = logits.topk(2).values
+    gap = float(abs(logits[ours[k]] - logits[theirs[k]]))
+    return {"position": k, "logit_gap": gap, "top2_gap": float(top2[0] - top2[1]),
+            "near_tie": gap <= NEAR_TIE_LOGIT_GAP}
+
+
+def copy_bandwidth_gbs(device, mib: int = 256, repeats: int = 5) -> float:
+    """Measured memory bandwidth (bytes read + written per second) of a large tensor copy: decoding one token
+    reads every weight once, so weights / bandwidth bounds the step time from below."""
+    src = torch.ones(mib * 2**20 // 4, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    synchronize(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        dst.copy_(src)
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * src.numel() * 4 / best / 1e9
+
+
 def aggregate(rows: list[dict], requests: int, batch_size: int, in_tokens: int, out_tokens: int,
               wall_s: float) -> dict:
     itl = [x for r in rows for x in r["itl_s"]]
@@ -210,7 +245,7 @@ def main(args) -> int:
         warm[name] = time.perf_counter() - began
     rows = {name: [] for name in PATHS}
     wall = {name: 0.0 for name in PATHS}
-    identical = 0
+    identical, divergences = 0, []
     bar = tqdm(total=batches, desc="benchmark", unit="batch", file=sys.stderr)
     for b in range(batches):
         ids = prompts[b * args.batch_size: (b + 1) * args.batch_size]
@@ -221,12 +256,18 @@ def main(args) -> int:
             assert tokens.shape == (len(ids), args.output_tokens), tokens.shape
             rows[name].extend([request_metrics(start, times, len(ids))] * len(ids))  # one row per request
             outs[name] = tokens
-        identical += int((outs["generate"] == outs["static"]).all(dim=1).sum())
+        for r, (ours, theirs) in enumerate(zip(outs["static"], outs["generate"])):
+            if torch.equal(ours, theirs):
+                identical += 1
+            else:  # analysed outside the timed region
+                divergences.append({"request": b * args.batch_size + r,
+                                    **divergence(lm, ids[r], ours, theirs)})
         bar.update(1)
         bar.set_postfix(ratio=f"{rows['generate'][-1]['tpot_s'] / rows['static'][-1]['tpot_s']:.2f}"
                         if args.output_tokens > 1 else "-")
     bar.close()
     memory = peak_memory(lm.device)
+    bandwidth = copy_bandwidth_gbs(lm.device)
     paths = {name: aggregate(rows[name], args.num_requests, args.batch_size, args.input_tokens, args.output_tokens,
                              wall[name]) for name in PATHS}
     for name in PATHS:
@@ -240,7 +281,13 @@ def main(args) -> int:
               "speedup_decode": (sta / gen) if gen and sta else None,
               "speedup_e2e": paths["generate"]["e2e"]["mean_ms"] / paths["static"]["e2e"]["mean_ms"],
               "greedy_identical_requests": identical, "greedy_identical": identical == args.num_requests,
-              "memory": {**memory, "weights_mib": lm.weight_bytes() / 2**20, "parameters": lm.num_parameters()}}
+              "greedy_divergences": divergences,
+              "greedy_check": (f"{identical}/{args.num_requests} identical" + (
+                  f", {sum(d['near_tie'] for d in divergences)}/{len(divergences)} others part at a near-tie "
+                  f"(logit gap <= {NEAR_TIE_LOGIT_GAP})" if divergences else "")),
+              "memory": {**memory, "weights_mib": lm.weight_bytes() / 2**20, "parameters": lm.num_parameters()},
+              "roofline": {"copy_bandwidth_gbs": bandwidth,
+                           "max_decode_tokens_per_s": args.batch_size * bandwidth * 1e9 / lm.weight_bytes()}}
     write_json(output, result)
     if not args.no_plot:
         plot(result, output.with_suffix(".png"))
@@ -250,8 +297,9 @@ def main(args) -> int:
               f"E2E p50 {p['e2e']['p50_ms']:.0f} ms  decode {p['decode_tokens_per_s'] or 0:.1f} tok/s  "
               f"output {p['output_tokens_per_s']:.1f} tok/s  {p['requests_per_s']:.3f} req/s")
     if result["speedup_decode"]:
-        print(f"static/generate decode speed-up x{result['speedup_decode']:.2f}; greedy tokens identical in "
-              f"{identical}/{args.num_requests} requests")
+        print(f"static/generate decode speed-up x{result['speedup_decode']:.2f}; greedy: {result['greedy_check']}")
+    print(f"memory-bandwidth bound: {bandwidth:.1f} GB/s copy -> at most "
+          f"{result['roofline']['max_decode_tokens_per_s']:.1f} decode tokens/s at batch {args.batch_size}")
     print(f"peak memory {memory['peak_mib']:.0f} MiB ({memory['source']}); weights {lm.weight_bytes() / 2**20:.0f} MiB")
     print(f"wrote {output}")
     return 0
