@@ -90,12 +90,20 @@ class StaticDecoder:
             inductor_config.freezing = True  # weights become constants: oneDNN-prepacked linears on CPU
             inductor_config.cpp_wrapper = True  # the compiled step is called from C++, not a Python wrapper
         self.step = torch.compile(self._step, dynamic=False, fullgraph=False) if self.compiled else self._step
+        # what generate(min_new_tokens=out) does: end-of-sequence can never be chosen, so both paths pick the same
+        eos = lm.model.generation_config.eos_token_id
+        self.banned = torch.tensor([] if eos is None else [eos] if isinstance(eos, int) else list(eos),
+                                   dtype=torch.long, device=lm.device)
+
+    def _pick(self, logits: torch.Tensor) -> torch.Tensor:
+        """Greedy token of the last position with end-of-sequence masked out (-inf), as min_new_tokens does."""
+        return logits[:, -1].index_fill(-1, self.banned, float("-inf")).argmax(-1, keepdim=True)
         self.cache, self.cache_key = None, None
 
     def _step(self, token, position, cache):
         logits = self.model(input_ids=token, position_ids=position[None].expand(token.shape[0], 1),
                             cache_position=position, past_key_values=cache, use_cache=True).logits
-        return logits[:, -1].argmax(-1, keepdim=True)
+        return self._pick(logits)
 
     def _cache(self, batch: int, length: int):
         from transformers import StaticCache
@@ -118,7 +126,7 @@ class StaticDecoder:
         cache = self._cache(batch, length + out_tokens)
         logits = self.model(input_ids=ids, past_key_values=cache, use_cache=True,
                             cache_position=torch.arange(length, device=device), logits_to_keep=1).logits
-        token = logits[:, -1].argmax(-1, keepdim=True)
+        token = self._pick(logits)
         tokens, times = [token], []
         synchronize(device)
         times.append(time.perf_counter())
@@ -150,7 +158,8 @@ def divergence(lm: CausalLM, prompt: torch.Tensor, ours: torch.Tensor, theirs: t
     logits = lm.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1].double().cpu()
     top2 = logits.topk(2).values
     gap = float(abs(logits[ours[k]] - logits[theirs[k]]))
-    return {"position": k, "logit_gap": gap, "top2_gap": float(top2[0] - top2[1]),
+    return {"position": k, "tokens": [int(ours[k]), int(theirs[k])], "logit_gap": gap,
+            "top2_gap": float(top2[0] - top2[1]),
             "near_tie": gap <= NEAR_TIE_LOGIT_GAP}
 
 
