@@ -94,11 +94,11 @@ class StaticDecoder:
         eos = lm.model.generation_config.eos_token_id
         self.banned = torch.tensor([] if eos is None else [eos] if isinstance(eos, int) else list(eos),
                                    dtype=torch.long, device=lm.device)
+        self.cache, self.cache_key = None, None
 
     def _pick(self, logits: torch.Tensor) -> torch.Tensor:
         """Greedy token of the last position with end-of-sequence masked out (-inf), as min_new_tokens does."""
         return logits[:, -1].index_fill(-1, self.banned, float("-inf")).argmax(-1, keepdim=True)
-        self.cache, self.cache_key = None, None
 
     def _step(self, token, position, cache):
         logits = self.model(input_ids=token, position_ids=position[None].expand(token.shape[0], 1),

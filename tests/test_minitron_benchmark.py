@@ -52,3 +52,32 @@ def test_readme_tables_are_generated_from_the_result_files():
     from conftest import REPO_ROOT
 
     assert report.main([str(REPO_ROOT / MINITRON_FOLDER), "--check"]) == 0
+
+
+def test_static_path_never_picks_end_of_sequence(tiny_minitron):
+    """generate(min_new_tokens=out) masks EOS; the static path must too, or greedy tokens part where EOS is top-1."""
+    import torch
+
+    bench = load_script(MINITRON_FOLDER, "benchmark")
+    lm = bench.CausalLM(str(tiny_minitron), device="cpu", dtype="fp32")
+    decoder = bench.StaticDecoder(lm, compile=False)
+    eos = lm.model.generation_config.eos_token_id
+    eos = [eos] if isinstance(eos, int) else list(eos)
+    logits = torch.zeros(2, 3, lm.model.config.vocab_size)
+    logits[:, -1, eos[0]] = 10.0  # EOS is the top token
+    logits[:, -1, 7] = 5.0
+    assert decoder._pick(logits).flatten().tolist() == [7, 7]
+
+
+def test_divergence_reports_position_tokens_and_gap(smollm2):
+    import torch
+
+    bench = load_script(MINITRON_FOLDER, "benchmark")
+    lm = bench.CausalLM("smollm2", device="cpu", dtype="fp32")
+    prompt = bench.random_prompts(lm, 1, 8)[0]
+    theirs, _, _ = bench.run_generate(lm, prompt[None], 3)
+    ours = theirs[0].clone()
+    ours[1] = (ours[1] + 1) % 100  # part at position 1 with a token the model does not prefer
+    report = bench.divergence(lm, prompt, ours, theirs[0])
+    assert report["position"] == 1 and report["tokens"] == [int(ours[1]), int(theirs[0, 1])]
+    assert report["logit_gap"] > 0 and report["near_tie"] is (report["logit_gap"] <= bench.NEAR_TIE_LOGIT_GAP)
