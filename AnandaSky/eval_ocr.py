@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # the repo root, for `common`
 
 from common.errors import ArgumentParser, UserError, positive_int, run_main  # noqa: E402
-from common.results import append_jsonl, read_jsonl, run_metadata, write_json  # noqa: E402
+from common.results import append_jsonl, open_run_log, run_metadata, write_json  # noqa: E402
 from inference import DEFAULT_PROMPT, AnandaSkyOCR, add_model_args, read_image  # noqa: E402
 
 DEFAULT_BATCH_SIZE = 8  # lines per recognize() call: their images are packed into one vision-encoder pass
@@ -109,27 +109,6 @@ def load_line_image(path: Path, rotate: str):
 
 # --- the run ------------------------------------------------------------------------------------------------------
 
-def open_log(path: Path, config: dict, resume: bool) -> list[dict]:
-    """Start or continue the sample log. The first line is the run's config; a resume must match it."""
-    if path.exists() and path.stat().st_size > 0:
-        if not resume:
-            raise UserError(f"sample log {str(path)!r} exists; pass --resume to continue it, or move it away")
-        records = read_jsonl(path)
-        if not records or records[0].get("type") != "config":
-            raise UserError(f"{str(path)!r} is not a log written by eval_ocr.py (no config line); it was not modified")
-        if records[0]["config"] != config:
-            diff = sorted(k for k in config if records[0]["config"].get(k) != config[k])
-            raise UserError(f"cannot resume {str(path)!r}: it was run with different settings ({', '.join(diff)}); "
-                            "it was not modified")
-        data = path.read_bytes()
-        if not data.endswith(b"\n"):  # a torn last line from a crash: cut it so appends start on a fresh line
-            with open(path, "r+b") as f:
-                f.truncate(data.rfind(b"\n") + 1)
-        return [r for r in records[1:] if r.get("type") == "sample"]
-    append_jsonl(path, {"type": "config", "config": config})
-    return []
-
-
 def recognize_batch(ocr: AnandaSkyOCR, folder: Path, items: list[dict], args) -> list[dict]:
     """Recognise one batch of lines and score each against its transcription."""
     loaded = [load_line_image(folder / item["image"], args.rotate) for item in items]
@@ -170,7 +149,7 @@ def main(args) -> int:
     log = output.with_suffix(".jsonl")
     config = {"data": folder.name, "num_lines": len(items), "model_path": args.model_path, "dtype": args.dtype,
               "prompt": args.prompt, "max_new_tokens": args.max_new_tokens, "rotate": args.rotate}
-    records = open_log(log, config, args.resume)  # before loading the model: a bad log fails fast
+    records = open_run_log(log, config, args.resume, "eval_ocr.py")  # before the model loads: fail fast
     ocr = AnandaSkyOCR(args.model_path, device=args.device, dtype=args.dtype)
     done = {r["image"] for r in records}
     todo = [item for item in items if item["image"] not in done]

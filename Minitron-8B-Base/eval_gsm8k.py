@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from common.errors import ArgumentParser, UserError, positive_int, run_main  # noqa: E402
 from common.model_path import hub_reachable  # noqa: E402
-from common.results import append_jsonl, read_jsonl, run_metadata, write_json  # noqa: E402
+from common.results import append_jsonl, open_run_log, run_metadata, write_json  # noqa: E402
 from inference import CausalLM, add_model_args  # noqa: E402
 
 TASK_VERSION = 3
@@ -216,28 +216,6 @@ def summarize(records: list[dict], doc_ids: list[int], num_runs: int) -> dict:
     return out
 
 
-def open_log(path: Path, config: dict, resume: bool) -> list[dict]:
-    """Start or continue the sample log. The first line is the run's config; a resume must match it."""
-    if path.exists() and path.stat().st_size > 0:
-        if not resume:
-            raise UserError(f"sample log {str(path)!r} exists; pass --resume to continue it, or move it away")
-        records = read_jsonl(path)
-        if not records or records[0].get("type") != "config":
-            raise UserError(f"{str(path)!r} is not a log written by eval_gsm8k.py (no config line); it was not "
-                            "modified")
-        if records[0]["config"] != config:
-            diff = sorted(k for k in config if records[0]["config"].get(k) != config[k])
-            raise UserError(f"cannot resume {str(path)!r}: it was run with different settings ({', '.join(diff)}); "
-                            "it was not modified")
-        data = path.read_bytes()
-        if not data.endswith(b"\n"):  # a torn last line from a crash: cut it so appends start on a fresh line
-            with open(path, "r+b") as f:
-                f.truncate(data.rfind(b"\n") + 1)
-        return [r for r in records[1:] if r.get("type") == "sample"]
-    append_jsonl(path, {"type": "config", "config": config})
-    return []
-
-
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__.split("\n")[0])
     add_model_args(parser)
@@ -273,7 +251,7 @@ def main(args) -> int:
               "num_fewshot": args.num_fewshot, "fewshot_seed": FEWSHOT_SEED, "num_runs": args.num_runs,
               "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed, "limit": args.limit,
               "max_new_tokens": args.max_new_tokens, "stop": STOP, "dtype": args.dtype}
-    records = open_log(log, config, args.resume)  # before loading the model: a bad log fails fast
+    records = open_run_log(log, config, args.resume, "eval_gsm8k.py")  # before the model loads: fail fast
     lm = CausalLM(args.model_path, device=args.device, dtype=args.dtype)
     done = {(r["run"], r["doc_id"]) for r in records}
     total = args.num_runs * len(doc_ids)

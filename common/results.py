@@ -121,3 +121,27 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
             raise UserError(f"{path} line {number} is not valid JSON; fix or move the file away, then rerun "
                             "(it was not modified)") from None
     return records
+
+
+def open_run_log(path: str | os.PathLike, config: dict, resume: bool, writer: str) -> list[dict]:
+    """Start or continue a per-sample JSONL log whose first line is the run's config; returns the sample records
+    already there. Resuming needs --resume and the same config; a torn last line from a crash is cut off so appends
+    start on a fresh line. Any refusal leaves the file untouched. `writer` names the script in messages."""
+    path = Path(path)
+    if path.exists() and path.stat().st_size > 0:
+        if not resume:
+            raise UserError(f"sample log {str(path)!r} exists; pass --resume to continue it, or move it away")
+        records = read_jsonl(path)
+        if not records or records[0].get("type") != "config":
+            raise UserError(f"{str(path)!r} is not a log written by {writer} (no config line); it was not modified")
+        if records[0]["config"] != config:
+            diff = sorted(k for k in config if records[0]["config"].get(k) != config[k])
+            raise UserError(f"cannot resume {str(path)!r}: it was run with different settings ({', '.join(diff)}); "
+                            "it was not modified")
+        data = path.read_bytes()
+        if not data.endswith(b"\n"):
+            with open(path, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+        return [r for r in records[1:] if r.get("type") == "sample"]
+    append_jsonl(path, {"type": "config", "config": config})
+    return []

@@ -517,3 +517,27 @@ def test_git_commit_dirty_flag_ignores_result_files(tmp_path):
     assert git_commit(tmp_path / "model") == clean  # refreshed results are outputs, not code changes
     (tmp_path / "model" / "script.py").write_text("x = 2\n")
     assert git_commit(tmp_path / "model") == clean + "-dirty"
+
+
+def test_open_run_log_start_resume_and_refusals(tmp_path):
+    from common.errors import UserError
+    from common.results import append_jsonl, open_run_log
+
+    log = tmp_path / "run.jsonl"
+    config = {"data": "x", "limit": 3}
+    assert open_run_log(log, config, resume=False, writer="t.py") == []
+    append_jsonl(log, {"type": "sample", "id": 1})
+    with open(log, "ab") as f:
+        f.write(b'{"type": "sample", "id": 2')  # torn by a crash
+    before = log.read_bytes()
+    for kwargs, message in (({"resume": False}, "pass --resume"),
+                            ({"resume": True, "config": {"data": "y", "limit": 3}}, "different settings (data)")):
+        with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            open_run_log(log, kwargs.pop("config", config), writer="t.py", **kwargs)
+        assert log.read_bytes() == before  # refused: untouched
+    assert open_run_log(log, config, resume=True, writer="t.py") == [{"type": "sample", "id": 1}]
+    assert log.read_bytes().endswith(b'"id": 1}\n')  # the torn tail is cut so the next append starts cleanly
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"type": "sample"}\n')
+    with pytest.raises(UserError, match="not a log written by t.py"):
+        open_run_log(other, config, resume=True, writer="t.py")
