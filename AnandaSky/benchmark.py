@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 from common.device import peak_memory, reset_peak_memory, synchronize  # noqa: E402
 from common.errors import ArgumentParser, UserError, non_negative_int, positive_int, run_main  # noqa: E402
-from common.results import run_metadata, write_json  # noqa: E402
+from common.results import run_metadata, save_figure, write_json  # noqa: E402
 from common.timing import Stopwatch, summarize  # noqa: E402
 from inference import DEFAULT_PROMPT, AnandaSkyOCR, add_model_args  # noqa: E402
 
@@ -130,11 +130,7 @@ def plot(result: dict, path: Path) -> None:
     meta = result["meta"]
     fig.suptitle(f"{result['model']} on {meta['device_name']}, {meta['dtype']}, "
                  f"{result['settings']['new_tokens']} new tokens per image", fontsize=9)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def build_parser() -> ArgumentParser:

@@ -32,7 +32,7 @@ sys.path.insert(0, str(HERE.parent))  # the repo root, for `common`
 import torch  # noqa: E402
 
 from common.device import dtype_name, resolve_device, resolve_dtype  # noqa: E402
-from common.errors import ArgumentParser, UserError, positive_int, run_main  # noqa: E402
+from common.errors import ArgumentParser, UserError, first_line, positive_int, run_main  # noqa: E402
 from common.metrics import format_parity, parity  # noqa: E402
 from common.model_path import check_weights  # noqa: E402
 from common.results import run_metadata, write_json  # noqa: E402
@@ -50,11 +50,6 @@ EVAL_TEXTS = (("The quick brown fox jumps over the lazy dog. 0123456789", 22), (
               ("Chapter One.\nIt was a bright cold day in April,\nand the clocks were striking thirteen.", 18))
 EVAL_PROMPTS = (DEFAULT_PROMPT, "Transcribe the text exactly, keeping line breaks.")
 BUILD_HINT = "python make_test_checkpoint.py --output test_checkpoint"
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def resolve_folder(model_path: str | None) -> Path:
@@ -91,7 +86,7 @@ def load_model(folder: Path, dtype: torch.dtype):
         processor = AnandaSkyProcessor.from_pretrained(folder)
         model = AnandaSkyForConditionalGeneration.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa")
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"cannot load the model from {str(folder)!r}: {_first_line(exc)}") from None
+        raise UserError(f"cannot load the model from {str(folder)!r}: {first_line(exc)}") from None
     if processor.image_token_id != model.config.image_token_id:
         raise UserError(f"{str(folder)!r}: the tokenizer's <|image_pad|> id {processor.image_token_id} is not the "
                         f"config's image_token_id {model.config.image_token_id}")
@@ -135,7 +130,7 @@ class AnandaSkyOCR:
         try:
             batch = self.processor(images, prompts)
         except ValueError as exc:  # ImageError included: a bad image or prompt, said in one line
-            raise UserError(_first_line(exc)) from None
+            raise UserError(first_line(exc)) from None
         return {k: v.to(self.device) for k, v in batch.items()}
 
     @torch.inference_mode()

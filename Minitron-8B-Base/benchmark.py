@@ -33,7 +33,7 @@ import torch  # noqa: E402
 
 from common.device import peak_memory, reset_peak_memory, synchronize  # noqa: E402
 from common.errors import ArgumentParser, UserError, non_negative_int, positive_int, run_main  # noqa: E402
-from common.results import run_metadata, write_json  # noqa: E402
+from common.results import run_metadata, save_figure, write_json  # noqa: E402
 from common.timing import summarize  # noqa: E402
 from inference import CausalLM, add_model_args  # noqa: E402
 
@@ -211,11 +211,7 @@ def plot(result: dict, path: Path) -> None:
     s = result["settings"]
     fig.suptitle(f"{result['model']} on {result['meta']['device_name']}, {result['meta']['dtype']}, "
                  f"{s['input_tokens']} in / {s['output_tokens']} out, batch {s['batch_size']}", fontsize=9)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def build_parser() -> ArgumentParser:

@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE.parent))  # the repo root, for `common`
 import torch  # noqa: E402
 
 from common.device import dtype_name, resolve_device, resolve_dtype  # noqa: E402
-from common.errors import ArgumentParser, UserError, positive_int, run_main  # noqa: E402
+from common.errors import ArgumentParser, UserError, first_line, positive_int, run_main  # noqa: E402
 from common.model_path import cache_dir, resolve_model_path  # noqa: E402
 
 DEFAULT_MODEL = "nvidia/Minitron-8B-Base"  # hub id; offline and not cached, the error gives the download command
@@ -60,11 +60,6 @@ def _check_gguf_packages() -> None:
                         f"`pip install {' '.join(missing)}`")
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _load_gguf(gguf: Path, dtype: torch.dtype):
     _check_gguf_packages()
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -73,7 +68,7 @@ def _load_gguf(gguf: Path, dtype: torch.dtype):
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise UserError(f"cannot load the GGUF file {str(gguf)!r}: {_first_line(exc)}") from None
+        raise UserError(f"cannot load the GGUF file {str(gguf)!r}: {first_line(exc)}") from None
     return tokenizer, model
 
 
@@ -124,7 +119,7 @@ def load_causal_lm(model_path: str | None, dtype: torch.dtype):
             tokenizer = AutoTokenizer.from_pretrained(folder)
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
         except (OSError, ValueError, KeyError) as exc:
-            raise UserError(f"cannot load the model from {str(folder)!r}: {_first_line(exc)}") from None
+            raise UserError(f"cannot load the model from {str(folder)!r}: {first_line(exc)}") from None
         source = folder
     if getattr(model.config, "is_encoder_decoder", False):
         raise UserError(f"{spec!r} holds an encoder-decoder model, not a causal LM")

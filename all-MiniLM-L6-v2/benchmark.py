@@ -27,7 +27,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from common.device import peak_memory, reset_peak_memory, synchronize  # noqa: E402
 from common.errors import ArgumentParser, UserError, positive_int, run_main  # noqa: E402
-from common.results import run_metadata, write_json  # noqa: E402
+from common.results import run_metadata, save_figure, write_json  # noqa: E402
 from common.textio import read_lines  # noqa: E402
 from common.timing import Stopwatch, summarize  # noqa: E402
 from inference import MiniLMEncoder, add_model_args  # noqa: E402
@@ -175,11 +175,7 @@ def plot(rows: list[dict], title: str, path: Path) -> None:
     right.set_xticks(sizes, [str(s) for s in sizes])
     right.legend()
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def parse_batch_sizes(text: str) -> list[int]:

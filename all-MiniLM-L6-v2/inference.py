@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from common.device import dtype_name, resolve_device, resolve_dtype  # noqa: E402
-from common.errors import ArgumentParser, UserError, positive_int, run_main  # noqa: E402
+from common.errors import ArgumentParser, UserError, first_line, positive_int, run_main  # noqa: E402
 from common.model_path import resolve_model_path  # noqa: E402
 from common.pooling import POOLERS, l2_normalize  # noqa: E402
 from common.results import write_json  # noqa: E402
@@ -49,8 +49,7 @@ def load_transformer(model_dir: Path, dtype: torch.dtype):
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModel.from_pretrained(model_dir, dtype=dtype)
     except (OSError, ValueError, KeyError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot load the model from {str(model_dir)!r}: {first_line}") from None
+        raise UserError(f"cannot load the model from {str(model_dir)!r}: {first_line(exc)}") from None
     return tokenizer, model.eval()
 
 

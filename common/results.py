@@ -86,6 +86,22 @@ def write_json(path: str | os.PathLike, obj) -> Path:
     return path
 
 
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Lay out, save and close a matplotlib figure; written to a temp name and renamed, like write_json, so a
+    crash never leaves half a PNG beside its JSON."""
+    import matplotlib.pyplot as plt  # matplotlib only when a plot is asked for
+
+    path = Path(path)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=dpi)
+    finally:
+        plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
 def _umask() -> int:
     current = os.umask(0)
     os.umask(current)

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from common.device import peak_memory, reset_peak_memory  # noqa: E402
 from common.errors import ArgumentParser, UserError, non_negative_int, positive_int, run_main  # noqa: E402
-from common.results import run_metadata, write_json  # noqa: E402
+from common.results import run_metadata, save_figure, write_json  # noqa: E402
 from common.timing import Stopwatch, summarize, time_calls  # noqa: E402
 from inference import T5Summarizer, add_model_args  # noqa: E402
 
@@ -163,11 +163,7 @@ def plot(result: dict, title: str, path: Path) -> None:
     right.set(ylabel="requests / s", title=f"generation, batch {result['settings']['gen_batch_size']}")
     right.legend()
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def parse_sizes(text: str, flag: str) -> list[int]:

@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from common.device import dtype_name, resolve_device, resolve_dtype  # noqa: E402
-from common.errors import ArgumentParser, UserError, positive_int, run_main  # noqa: E402
+from common.errors import ArgumentParser, UserError, first_line, positive_int, run_main  # noqa: E402
 from common.model_path import resolve_model_path  # noqa: E402
 from common.textio import read_lines, read_text_file  # noqa: E402
 from overflow import OverflowWatch  # noqa: E402
@@ -82,8 +82,7 @@ def load_seq2seq(model_dir: Path, dtype: torch.dtype):
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModelForSeq2SeqLM.from_pretrained(model_dir, dtype=dtype)
     except (OSError, ValueError, KeyError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot load the model from {str(model_dir)!r}: {first_line}") from None
+        raise UserError(f"cannot load the model from {str(model_dir)!r}: {first_line(exc)}") from None
     if not model.config.is_encoder_decoder:
         raise UserError(f"{str(model_dir)!r} holds a {model.config.model_type} model, not an encoder-decoder like T5")
     return tokenizer, model.eval()

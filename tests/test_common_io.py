@@ -541,3 +541,25 @@ def test_open_run_log_start_resume_and_refusals(tmp_path):
     other.write_text('{"type": "sample"}\n')
     with pytest.raises(UserError, match="not a log written by t.py"):
         open_run_log(other, config, resume=True, writer="t.py")
+
+
+def test_first_line_of_an_exception():
+    from common.errors import first_line
+
+    assert first_line(OSError("no such file\n  more detail")) == "no such file"
+    assert first_line(ValueError("  ")) == "ValueError"
+
+
+def test_save_figure_is_atomic_and_closes(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from common.results import save_figure
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    out = save_figure(fig, tmp_path / "plot.png")
+    assert out.read_bytes().startswith(b"\x89PNG") and not plt.fignum_exists(fig.number)
+    assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]  # no temp file left behind
