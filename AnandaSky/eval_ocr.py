@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # the repo root, for `common`
 
 from common.errors import ArgumentParser, UserError, positive_int, run_main  # noqa: E402
-from common.results import append_jsonl, open_run_log, run_metadata, write_json  # noqa: E402
+from common.results import append_run_record, open_run_log, run_metadata, write_json  # noqa: E402
 from inference import DEFAULT_PROMPT, AnandaSkyOCR, add_model_args, read_image  # noqa: E402
 
 DEFAULT_BATCH_SIZE = 8  # lines per recognize() call: their images are packed into one vision-encoder pass
@@ -156,7 +156,7 @@ def main(args) -> int:
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc="ocr", unit="line", file=sys.stderr)
     for start in range(0, len(todo), args.batch_size):
         for record in recognize_batch(ocr, folder, todo[start: start + args.batch_size], args):
-            append_jsonl(log, record)
+            append_run_record(log, config, record)
             records.append(record)
         bar.update(min(args.batch_size, len(todo) - start))
         running = summarize(records)

@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from common.errors import ArgumentParser, UserError, positive_int, run_main  # noqa: E402
 from common.model_path import hub_reachable  # noqa: E402
-from common.results import append_jsonl, open_run_log, run_metadata, write_json  # noqa: E402
+from common.results import append_run_record, open_run_log, run_metadata, write_json  # noqa: E402
 from inference import CausalLM, add_model_args  # noqa: E402
 
 TASK_VERSION = 3
@@ -269,7 +269,7 @@ def main(args) -> int:
                 record = {"type": "sample", "doc_id": i, "run": run, "temperature": temperature,
                           "fewshot_ids": shots[i], "generation": text, "gold": test[i]["answer"],
                           **score(text, test[i]["answer"])}
-                append_jsonl(log, record)
+                append_run_record(log, config, record)
                 records.append(record)
             run_rows = [r for r in records if r["run"] == run]
             bar.update(len(ids))

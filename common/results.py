@@ -140,9 +140,11 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 
 
 def open_run_log(path: str | os.PathLike, config: dict, resume: bool, writer: str) -> list[dict]:
-    """Start or continue a per-sample JSONL log whose first line is the run's config; returns the sample records
-    already there. Resuming needs --resume and the same config; a torn last line from a crash is cut off so appends
-    start on a fresh line. Any refusal leaves the file untouched. `writer` names the script in messages."""
+    """Check a per-sample JSONL log whose first line is the run's config, before any work; returns the sample
+    records already there. Resuming needs --resume and the same config; a torn last line from a crash is cut off so
+    appends start on a fresh line. Any refusal leaves the file untouched. A new log is not created here but by the
+    first `append_run_record`, so a run that fails before its first sample (a bad device, a missing model) leaves
+    nothing behind that a rerun would have to --resume. `writer` names the script in messages."""
     path = Path(path)
     if path.exists() and path.stat().st_size > 0:
         if not resume:
@@ -159,5 +161,12 @@ def open_run_log(path: str | os.PathLike, config: dict, resume: bool, writer: st
             with open(path, "r+b") as f:
                 f.truncate(data.rfind(b"\n") + 1)
         return [r for r in records[1:] if r.get("type") == "sample"]
-    append_jsonl(path, {"type": "config", "config": config})
     return []
+
+
+def append_run_record(path: str | os.PathLike, config: dict, record: dict) -> None:
+    """Append one sample to a log checked by `open_run_log`, writing the config line first if the log is new."""
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        append_jsonl(path, {"type": "config", "config": config})
+    append_jsonl(path, record)

@@ -99,6 +99,15 @@ def test_eval_ocr_refuses_to_clobber_or_mix_logs(E, anandasky_checkpoint, line_s
     assert len(errors) == 3 and "--resume" in errors[0] and "different settings" in errors[2], errors
 
 
+def test_eval_ocr_failing_before_the_first_line_leaves_no_log(E, anandasky_checkpoint, line_set, tmp_path, cli,
+                                                              capsys):
+    output = tmp_path / "ocr.json"
+    assert cli(E, *ocr_args(anandasky_checkpoint, line_set, output, "--device", "npu")) == 2
+    assert "torch_npu" in capsys.readouterr().err
+    assert not output.with_suffix(".jsonl").exists()  # so the corrected rerun needs no --resume
+    assert cli(E, *ocr_args(anandasky_checkpoint, line_set, output, "--limit", "1")) == 0
+
+
 @pytest.mark.parametrize("labels, message", [
     (None, "has no labels.tsv"),
     ("path\tlabel\nimages/a.png\tx\n", "must start with the header"),
@@ -132,7 +141,8 @@ def test_benchmark_writes_json_and_plot(anandasky_checkpoint, tmp_path, cli):
     small, large = result["sizes"]
     assert small["patches_per_image"] == 2 * 8 and large["patches_per_image"] == 3 * 30
     for row in result["sizes"]:
-        assert row["ttft"]["n"] == row["e2e"]["n"] == 3 and row["e2e"]["p50_ms"] > row["ttft"]["p50_ms"] > 0
+        # TTFT and E2E are separate calls: under load their medians need not be ordered (no timing assertions)
+        assert row["ttft"]["n"] == row["e2e"]["n"] == 3 and row["e2e"]["p50_ms"] > 0 and row["ttft"]["p50_ms"] > 0
         assert row["packed_speedup"] == pytest.approx(row["packed_images_per_s"] / row["single_images_per_s"])
     assert result["parameters"] > 30e6 and result["memory"]["weights_mib"] > 100 and result["load_s"] > 0
     assert output.with_suffix(".png").stat().st_size > 10_000

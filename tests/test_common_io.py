@@ -521,12 +521,14 @@ def test_git_commit_dirty_flag_ignores_result_files(tmp_path):
 
 def test_open_run_log_start_resume_and_refusals(tmp_path):
     from common.errors import UserError
-    from common.results import append_jsonl, open_run_log
+    from common.results import append_run_record, open_run_log
 
     log = tmp_path / "run.jsonl"
     config = {"data": "x", "limit": 3}
     assert open_run_log(log, config, resume=False, writer="t.py") == []
-    append_jsonl(log, {"type": "sample", "id": 1})
+    assert not log.exists()  # created by the first record, so a run that dies before it leaves nothing
+    append_run_record(log, config, {"type": "sample", "id": 1})
+    assert log.read_text().splitlines()[0] == '{"type": "config", "config": {"data": "x", "limit": 3}}'
     with open(log, "ab") as f:
         f.write(b'{"type": "sample", "id": 2')  # torn by a crash
     before = log.read_bytes()
