@@ -15,8 +15,36 @@ class UserError(Exception):
     """Something the user can fix. The message says what is wrong and how to fix it, in one line."""
 
 
+def both_spellings(option_strings) -> list[str]:
+    """'--model_path' -> ['--model_path', '--model-path'] (and the reverse): the seeds spell flags both ways, so
+    every long flag answers to both. Short flags and one-word flags are returned as they are."""
+    out = []
+    for option in option_strings:
+        out.append(option)
+        if option.startswith("--"):
+            body = option[2:]
+            for twin in (body.replace("_", "-"), body.replace("-", "_")):
+                if twin != body and f"--{twin}" not in option_strings and f"--{twin}" not in out:
+                    out.append(f"--{twin}")
+    return out
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line errors (no usage block), so every bad input reads the same way."""
+    """argparse with one-line errors (no usage block), so every bad input reads the same way, and every long flag
+    accepted in both spellings (`--model_path` and `--model-path`); `dest` keeps the underscore form. Abbreviated
+    flags are refused: with two spellings of every flag they would be ambiguous, and a typo should not pass."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs):
+        if args and all(isinstance(a, str) and a.startswith("-") for a in args):
+            if "dest" not in kwargs and any(a.startswith("--") for a in args):
+                first_long = next(a for a in args if a.startswith("--"))
+                kwargs["dest"] = first_long[2:].replace("-", "_")
+            args = tuple(both_spellings(list(args)))
+        return super().add_argument(*args, **kwargs)
 
     def error(self, message: str):  # noqa: D401 - argparse API
         sys.stderr.write(f"error: {message} (see --help)\n")

@@ -134,3 +134,83 @@ def format_parity(result: dict) -> str:
         lines.append(f"  failed: {failure}")
     lines.append(f"  verdict ({result['dtype_under_test']} thresholds): {'PASS' if result['passed'] else 'FAIL'}")
     return "\n".join(lines)
+
+
+# --- greedy generation: every divergence must start at a near-tie of the reference --------------------------------
+# Greedy decoding is discontinuous: where the reference's best two tokens are nearly tied, a tiny logit error flips
+# the choice and changes everything after it, on any device (even fp32 with other kernels). So a mismatch is
+# accepted only when it starts at such a near-tie: the reference's margin between its own token and the device's
+# token is within NEAR_TIE_FACTOR x the logit error measured at that very position (max |test - ref| over the
+# vocabulary, from the teacher-forced logits of both sides). Any other mismatch fails. The exact-match rate must also
+# stay above a floor (it falls with sequence length, so the floor is low for 16-bit dtypes).
+NEAR_TIE_FACTOR = 2.0
+GENERATION_EXACT_MIN = {"fp32": 0.9, "bf16": 0.4, "fp16": 0.4}
+
+
+def first_divergence(got: list[int], want: list[int]) -> int:
+    """Index of the first differing token (the shorter length when one is a prefix of the other)."""
+    return next((k for k, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+
+
+def near_tie(ref_row: np.ndarray, test_row: np.ndarray, ref_token: int, test_token: int) -> dict:
+    """The near-tie rule at one position: the reference's margin between its token and the device's token, against
+    the logit error at that position. NaN/inf logits explain nothing (near_tie False, values None)."""
+    ref_row, test_row = _as_f64(ref_row), _as_f64(test_row)
+    margin = float(ref_row[ref_token] - ref_row[test_token])
+    error = float(np.abs(test_row - ref_row).max())
+    finite = bool(np.isfinite(margin) and np.isfinite(error))
+    return {"reference_margin": margin if finite else None, "logit_error": error if finite else None,
+            "near_tie": finite and margin <= NEAR_TIE_FACTOR * error}
+
+
+def greedy_parity(got: list[list[int]], want: list[list[int]], got_logits: list, want_logits: list,
+                  dtype: str) -> dict:
+    """Greedy sequences of the device (`got`) against the reference's (`want`), with PASS/FAIL.
+
+    `got_logits[i]` and `want_logits[i]` are both sides' logits teacher-forced on the reference sequence
+    `want[i]` (rows = its positions, columns = the vocabulary), so a divergence at position k is judged on row k.
+    """
+    mismatches = []
+    for i, (g, w) in enumerate(zip(got, want)):
+        if g == w:
+            continue
+        k = first_divergence(g, w)
+        entry = {"sequence": i, "first_divergence": k, "reference_tokens": len(w), "near_tie": False}
+        if k < min(len(g), len(w)):
+            entry.update(near_tie(want_logits[i][k], got_logits[i][k], w[k], g[k]))
+        mismatches.append(entry)
+    rate = 1.0 - len(mismatches) / max(len(want), 1)
+    unexplained = sum(not m["near_tie"] for m in mismatches)
+    agreed = sum(first_divergence(g, w) if g != w else len(w) for g, w in zip(got, want))
+    floor = GENERATION_EXACT_MIN[dtype]
+    failures = [f"exact_match_rate={rate:.3g} < {floor:g}"] * (rate < floor)
+    failures += [f"{unexplained} divergence(s) not at a near-tie of the reference"] * (unexplained > 0)
+    return {"dtype_under_test": dtype, "sequences": len(want), "exact_match_rate": rate,
+            "unexplained_divergences": unexplained, "prefix_token_agreement": agreed / max(sum(map(len, want)), 1),
+            "near_tie_factor": NEAR_TIE_FACTOR, "mismatches": mismatches,
+            "thresholds": {"exact_match_rate": {"min": floor}, "unexplained_divergences": {"max": 0}},
+            "passed": not failures, "failures": failures}
+
+
+def format_greedy(result: dict, show: int = 10) -> str:
+    """Human-readable block for `greedy_parity`'s result."""
+    floor = result["thresholds"]["exact_match_rate"]["min"]
+    lines = [f"  {'exact_match_rate':<20} {result['exact_match_rate']:<14.6g} (>= {floor:g})  "
+             f"{'PASS' if result['exact_match_rate'] >= floor else 'FAIL'}",
+             f"  {'unexplained_diverg.':<20} {result['unexplained_divergences']:<14d} (<= 0)  "
+             f"{'PASS' if result['unexplained_divergences'] == 0 else 'FAIL'}",
+             f"  {'prefix_token_agree.':<20} {result['prefix_token_agreement']:.6g}"]
+    for m in result["mismatches"][:show]:
+        detail = (f", reference margin {m['reference_margin']:.3g} vs logit error {m['logit_error']:.3g}"
+                  if m.get("reference_margin") is not None else "")
+        lines.append(f"  sequence {m['sequence']}: first divergence at token {m['first_divergence']} of "
+                     f"{m['reference_tokens']}{detail}: {'near-tie' if m['near_tie'] else 'NOT a near-tie'}")
+    return "\n".join(lines)
+
+
+def verdict(parts: dict) -> dict:
+    """The overall verdict of a parity run from its parts (each a dict with `passed` and `failures`): PASS only when
+    every part passes; failures are prefixed with the part's name. This is the shape every eval_accuracy.py writes:
+    {"passed": bool, "failures": [...], "parts": {name: part}}."""
+    failures = [f"{name}: {failure}" for name, part in parts.items() for failure in part.get("failures", [])]
+    return {"passed": all(part["passed"] for part in parts.values()), "failures": failures, "parts": parts}

@@ -170,3 +170,55 @@ def append_run_record(path: str | os.PathLike, config: dict, record: dict) -> No
     if not path.exists() or path.stat().st_size == 0:
         append_jsonl(path, {"type": "config", "config": config})
     append_jsonl(path, record)
+
+
+# --- typed result records: what `python -m common.report --overview` reads ------------------------------------------
+# Every result JSON a script writes has the same top: meta (how it was produced), kind, model, weights and headline.
+# The headline is the one figure the overview (RESULTS.md) shows for that kind:
+#   parity:    {"passed": bool}
+#   task:      {"metric": "STS-B Spearman x100", "value": float | None}      (None: not scored, e.g. NaN outputs)
+#   benchmark: {"metric": "texts/s at batch 32", "peer": "SentenceTransformer.encode", "ratio": float | None}
+RESULT_KINDS = ("parity", "task", "benchmark")
+TEST_CHECKPOINT_MARKER = "test_checkpoint.json"  # written into every random-weight checkpoint the repository builds
+
+
+def mark_test_checkpoint(folder: str | os.PathLike, **info) -> None:
+    """Label a checkpoint folder as random test weights, so results measured on it say so (never 'real')."""
+    write_json(Path(folder) / TEST_CHECKPOINT_MARKER, {"random_weights": True, **info})
+
+
+def weights_kind(model: str | os.PathLike | None) -> str:
+    """'test checkpoint' for a folder the repository built with random weights, otherwise 'real'."""
+    if model is None:
+        return "real"
+    path = Path(model)
+    folder = path if path.is_dir() else path.parent
+    return "test checkpoint" if (folder / TEST_CHECKPOINT_MARKER).exists() else "real"
+
+
+def model_tag(model: str | os.PathLike) -> str:
+    """A short, file-name-safe name for a model: 'test_checkpoint' for the repository's random checkpoints, the repo
+    name for a hub cache snapshot (models--org--name/snapshots/<hash>), otherwise the folder or file stem."""
+    if weights_kind(model) == "test checkpoint":
+        return "test_checkpoint"
+    path = Path(model)
+    for part in reversed(path.parts):
+        if part.startswith("models--"):
+            return part.split("--")[-1]
+    name = path.stem if path.suffix in (".gguf", ".bin", ".safetensors") else path.name
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "model"
+
+
+def default_result_path(folder: str | os.PathLike, kind: str, model, device, dtype: str, suffix: str = "") -> Path:
+    """<folder>/results/<kind>_<model tag>_<device type>_<dtype><suffix>.json: runs on another model, device or
+    dtype never overwrite each other; rerunning the same one refreshes its file."""
+    device_type = getattr(device, "type", str(device))
+    return Path(folder) / "results" / f"{kind}_{model_tag(model)}_{device_type}_{dtype}{suffix}.json"
+
+
+def result_record(kind: str, *, device, dtype: str, model, headline: dict, **body) -> dict:
+    """The JSON-ready record of one result: meta, kind, model, weights, headline, then the script's own fields."""
+    if kind not in RESULT_KINDS:
+        raise ValueError(f"unknown result kind {kind!r}; use one of {RESULT_KINDS}")
+    return {"meta": run_metadata(device, dtype), "kind": kind, "model": None if model is None else str(model),
+            "weights": weights_kind(model), "headline": headline, **body}

@@ -1,6 +1,7 @@
 """Shared pytest setup for the whole test suite.
 
-1. The repository root goes on sys.path, so `import common` (and the model folders) work from any cwd.
+1. The repository root goes on sys.path, so the tests run from any cwd even before `pip install -e .` (scripts
+   themselves find `common` through that editable install; see pyproject.toml).
 2. HF_HUB_OFFLINE=1 is set before anything imports huggingface_hub: tests never touch the network.
 
 Fixtures shared by several test files belong below the setup section.
@@ -26,18 +27,26 @@ import importlib.util  # noqa: E402
 
 import pytest  # noqa: E402
 
+from common.report import model_folders  # noqa: E402
+
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-# Modules that every model folder defines under the same name; purged so two folders never share one.
-FOLDER_LOCAL_MODULES = ("inference", "eval_accuracy", "eval_stsb", "benchmark", "chat", "make_tiny_checkpoint",
-                        "overflow", "memory_estimate", "eval_gsm8k", "processor", "modeling_anandasky_patched",
-                        "make_test_checkpoint", "eval_ocr", "serve_check")
+
+
+def purge_folder_modules() -> None:
+    """Forget every module that was imported from a model folder. Each folder has its own `inference`,
+    `benchmark`, ... so the next folder's scripts must not find the previous folder's modules in sys.modules.
+    Computed from the modules' files, so a script a port adds is covered without a list to keep."""
+    folders = {str(folder) for folder in model_folders()}
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if file and str(Path(file).resolve().parent) in folders:
+            del sys.modules[name]
 
 
 def load_script(folder: str, name: str):
     """Import <repo>/<folder>/<name>.py as a fresh module (model folders have '-' in their names)."""
     path = REPO_ROOT / folder / f"{name}.py"
-    for local in FOLDER_LOCAL_MODULES:
-        sys.modules.pop(local, None)
+    purge_folder_modules()
     sys.path.insert(0, str(path.parent))
     try:
         spec = importlib.util.spec_from_file_location(name, path)

@@ -449,7 +449,7 @@ def report_folder(tmp_path) -> Path:
 
 
 def test_report_renders_table_and_sources(report_folder, capsys):
-    assert report.main([str(report_folder)]) == 0
+    assert report.cli([str(report_folder)]) == 0
     assert "rewrote" in capsys.readouterr().out
     text = (report_folder / "readme.md").read_text(encoding="utf-8")
     lines = text.splitlines()
@@ -464,11 +464,11 @@ def test_report_renders_table_and_sources(report_folder, capsys):
 
 
 def test_report_check(report_folder, capsys):
-    assert report.main([str(report_folder), "--check"]) == 1  # tables never generated yet
-    assert report.main([str(report_folder)]) == 0
+    assert report.cli([str(report_folder), "--check"]) == 1  # tables never generated yet
+    assert report.cli([str(report_folder)]) == 0
     rendered = (report_folder / "readme.md").read_text(encoding="utf-8")
-    assert report.main([str(report_folder), "--check"]) == 0
-    assert report.main([str(report_folder)]) == 0
+    assert report.cli([str(report_folder), "--check"]) == 0
+    assert report.cli([str(report_folder)]) == 0
     assert (report_folder / "readme.md").read_text(encoding="utf-8") == rendered  # idempotent
     capsys.readouterr()
 
@@ -476,22 +476,22 @@ def test_report_check(report_folder, capsys):
     doc = json.loads(a.read_text(encoding="utf-8"))
     doc["rows"][0]["x"] = 9.5
     write_json(a, doc)
-    assert report.main([str(report_folder), "--check"]) == 1
+    assert report.cli([str(report_folder), "--check"]) == 1
     assert "out of date" in capsys.readouterr().err
     assert (report_folder / "readme.md").read_text(encoding="utf-8") == rendered  # --check never writes
 
-    assert report.main([str(report_folder)]) == 0
+    assert report.cli([str(report_folder)]) == 0
     assert "| alpha | 9.50 |" in (report_folder / "readme.md").read_text(encoding="utf-8")
-    assert report.main([str(report_folder), "--check"]) == 0
+    assert report.cli([str(report_folder), "--check"]) == 0
 
 
 def test_report_no_files_and_no_readme(tmp_path, capsys):
     folder = tmp_path / "empty"
     folder.mkdir()
-    assert report.main([str(folder)]) == 2
+    assert report.cli([str(folder)]) == 2
     assert "does not exist" in capsys.readouterr().err
     (folder / "readme.md").write_text(MARKER + "\n", encoding="utf-8")
-    assert report.main([str(folder)]) == 0
+    assert report.cli([str(folder)]) == 0
     text = (folder / "readme.md").read_text(encoding="utf-8")
     assert "| (no result file yet) |  |" in text
     assert "no file matches `results/*.json`" in text
@@ -565,3 +565,54 @@ def test_save_figure_is_atomic_and_closes(tmp_path):
     out = save_figure(fig, tmp_path / "plot.png")
     assert out.read_bytes().startswith(b"\x89PNG") and not plt.fignum_exists(fig.number)
     assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]  # no temp file left behind
+
+
+def test_report_marker_key_missing_from_a_json_is_an_error(report_folder, capsys):
+    text = (report_folder / "readme.md").read_text(encoding="utf-8").replace('["x", "X", ".2f"]', '["y", "Y"]')
+    (report_folder / "readme.md").write_text(text, encoding="utf-8")
+    assert report.cli([str(report_folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "'y'" in err and "a.json" in err and err.count("\n") == 1
+    assert (report_folder / "readme.md").read_text(encoding="utf-8") == text  # nothing written
+
+
+def test_report_null_on_the_way_renders_a_dash(report_folder):
+    write_json(report_folder / "results" / "b.json", {"meta": _meta("python run.py", "2025-02-03T00:00:00+00:00"),
+                                                      "rows": [{"name": "n", "x": None}]})
+    text = (report_folder / "readme.md").read_text(encoding="utf-8").replace('["x", "X", ".2f"]', '["x.deep", "X"]')
+    (report_folder / "readme.md").write_text(text, encoding="utf-8")
+    (report_folder / "results" / "a.json").unlink()
+    assert report.cli([str(report_folder)]) == 0
+    assert "| n | – |" in (report_folder / "readme.md").read_text(encoding="utf-8")
+
+
+def _record(kind: str, headline: dict, device="Test CPU", dtype="fp32", date="2026-01-02T00:00:00+00:00",
+            weights="real", model="/models/tiny-bert") -> dict:
+    return {"meta": {**_meta("python x.py", date), "device_name": device, "dtype": dtype}, "kind": kind,
+            "model": model, "weights": weights, "headline": headline}
+
+
+def test_overview_one_row_per_folder_model_device_dtype(tmp_path):
+    for name in ("enc", "lm"):
+        (tmp_path / name / "results").mkdir(parents=True)
+        (tmp_path / name / "inference.py").write_text("")
+    results = tmp_path / "enc" / "results"
+    write_json(results / "parity_a.json", _record("parity", {"passed": True}))
+    write_json(results / "parity_b.json", _record("parity", {"passed": False}, date="2026-03-04T00:00:00+00:00"))
+    write_json(results / "task.json", _record("task", {"metric": "STS-B Spearman x100", "value": 81.234}))
+    write_json(results / "bench.json", _record("benchmark", {"metric": "texts/s", "peer": "ST.encode", "ratio": 1.5}))
+    write_json(results / "bf16.json", _record("parity", {"passed": True}, dtype="bf16"))
+    write_json(results / "estimate.json", {"kind": "estimate", "rows": []})  # another declared kind: skipped
+    write_json(tmp_path / "lm" / "results" / "p.json", _record("parity", {"passed": True}, weights="test checkpoint"))
+    text = report.render_overview(tmp_path)
+    rows = [line for line in text.splitlines() if line.startswith("| [")]
+    assert rows == [
+        "| [enc](enc/readme.md) | tiny-bert | real | Test CPU | bf16 | PASS | – | – | 2026-01-02 |",
+        "| [enc](enc/readme.md) | tiny-bert | real | Test CPU | fp32 | FAIL (1 of 2 runs) | STS-B Spearman x100: 81.23 "
+        "| ×1.50 texts/s vs ST.encode | 2026-03-04 |",
+        "| [lm](lm/readme.md) | test checkpoint | test checkpoint | Test CPU | fp32 | PASS | – | – | 2026-01-02 |"]
+    assert report.cli(["--overview", "--root", str(tmp_path), "--check"]) == 1  # never written yet
+    assert report.cli(["--overview", "--root", str(tmp_path)]) == 0
+    assert report.cli(["--overview", "--root", str(tmp_path), "--check"]) == 0
+    write_json(results / "nokind.json", {"meta": {}})
+    assert report.cli(["--overview", "--root", str(tmp_path)]) == 2  # a JSON that is not a result record
