@@ -616,3 +616,20 @@ def test_overview_one_row_per_folder_model_device_dtype(tmp_path):
     assert report.cli(["--overview", "--root", str(tmp_path), "--check"]) == 0
     write_json(results / "nokind.json", {"meta": {}})
     assert report.cli(["--overview", "--root", str(tmp_path)]) == 2  # a JSON that is not a result record
+
+
+def test_argument_parser_takes_both_spellings_and_no_abbreviations(capsys):
+    from common.errors import ArgumentParser, both_spellings
+
+    assert both_spellings(["--model_path"]) == ["--model_path", "--model-path"]
+    assert both_spellings(["-n", "--max-new-tokens"]) == ["-n", "--max-new-tokens", "--max_new_tokens"]
+    p = ArgumentParser()
+    p.add_argument("--model_path")
+    p.add_argument("--max-new-tokens", type=int, default=1)
+    p.add_argument("--no_plot", action="store_true")
+    args = p.parse_args(["--model-path", "m", "--max_new_tokens", "3", "--no-plot"])
+    assert (args.model_path, args.max_new_tokens, args.no_plot) == ("m", 3, True)
+    assert p.parse_args(["--model_path", "x"]).model_path == "x"
+    with pytest.raises(SystemExit) as info:
+        p.parse_args(["--model", "m"])  # an abbreviation would be ambiguous between the spellings: refused
+    assert info.value.code == 2 and capsys.readouterr().err.startswith("error: unrecognized arguments")

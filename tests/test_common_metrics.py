@@ -246,3 +246,45 @@ def test_accepts_bfloat16_tensors():
     assert 1e-4 < r["rel_l2"] < 4e-3  # bf16 rounding: about 2^-9 relative
     assert r["passed"] is True
     assert parity(out_t, ref_t, "fp32")["passed"] is False
+
+
+# === greedy generation: the shared near-tie rule =================================================================
+
+def test_greedy_parity_accepts_divergence_only_at_a_near_tie():
+    from common.metrics import format_greedy, greedy_parity
+
+    want_logits = np.zeros((4, 5))
+    want_logits[:, 2] = 5.0  # the reference is sure of token 2 at every step
+    got_logits = want_logits + 0.01  # logit error 0.01 everywhere
+    near = want_logits.copy()
+    near[1, 3] = 4.99  # ... except step 1, where token 3 is within 2x the logit error
+    ok = greedy_parity([[2, 3, 2, 1]], [[2, 2, 2, 1]], [got_logits], [near], "bf16")
+    assert ok["mismatches"][0]["near_tie"] and ok["mismatches"][0]["first_divergence"] == 1
+    assert ok["unexplained_divergences"] == 0 and ok["exact_match_rate"] == 0.0  # one sequence: below the floor
+    assert ok["failures"] == ["exact_match_rate=0 < 0.4"]
+    bad = greedy_parity([[2, 3, 2, 1]], [[2, 2, 2, 1]], [got_logits], [want_logits], "bf16")
+    assert not bad["passed"] and bad["unexplained_divergences"] == 1 and "near-tie" in bad["failures"][-1]
+    assert "NOT a near-tie" in format_greedy(bad)
+    same = greedy_parity([[2, 2], [1]], [[2, 2], [1]], [got_logits[:2], got_logits[:1]],
+                         [want_logits[:2], want_logits[:1]], "fp32")
+    assert same["passed"] and same["exact_match_rate"] == 1.0 and same["prefix_token_agreement"] == 1.0
+
+
+def test_greedy_parity_nan_logits_explain_nothing_and_prefix_is_judged():
+    from common.metrics import greedy_parity
+
+    want = np.zeros((3, 4))
+    want[:, 1] = 1.0
+    nan = np.full((3, 4), np.nan)
+    result = greedy_parity([[1, 0, 1]], [[1, 1, 1]], [nan], [want], "fp16")
+    assert result["mismatches"][0]["reference_margin"] is None and not result["passed"]
+    short = greedy_parity([[1]], [[1, 1, 1]], [want], [want], "fp32")  # stopped early: no position to judge
+    assert short["mismatches"][0]["first_divergence"] == 1 and short["unexplained_divergences"] == 1
+
+
+def test_verdict_combines_parts():
+    from common.metrics import verdict
+
+    result = verdict({"a": {"passed": True, "failures": []}, "b": {"passed": False, "failures": ["x > 1"]}})
+    assert result == {"passed": False, "failures": ["b: x > 1"], "parts": result["parts"]}
+    assert verdict({"a": {"passed": True, "failures": []}})["passed"] is True
