@@ -11,11 +11,11 @@ A table is declared in the readme by a marker holding JSON, and everything up to
     <!-- end results -->
 
 "files" is a glob relative to the folder, one row per file; with "rows": "key" each file gives one row per item
-of that list. A column key is dotted ("ours.p50_ms"), looked up in the row and then in the file's top level; the
-optional third item is a format spec ("verdict" renders a boolean as PASS/FAIL). "where" ({"key": value}) filters
-rows. A key that is in neither place is an error naming the file and the key (a typo must not render as "–"); a
-JSON null, or a null on the way down a dotted key, renders "–". Under each table a line names the source files with
-the command, device, dtype, date and torch version recorded in them.
+of that list. A column key is dotted ("ours.p50_ms"; "spearman_ci95.0" for a list's item), looked up in the row
+and then in the file's top level; the optional third item is a format spec ("verdict" renders a boolean as
+PASS/FAIL). "where" ({"key": value}) filters rows. A key that is in neither place is an error naming the file and
+the key (a typo must not render as "–"); a JSON null, or a null on the way down a dotted key, renders "–". Under
+each table a line names the source files with the command, device, dtype, date and torch version recorded in them.
 
 RESULTS.md has one row per model folder x model x device x dtype, built from the `headline` of every result record
 (common.results.result_record): the parity verdict, the task metric, the speed ratio against the peer, the device,
@@ -51,6 +51,8 @@ def lookup(obj, dotted: str):
             return None
         if isinstance(obj, dict) and part in obj:
             obj = obj[part]
+        elif isinstance(obj, list) and part.isdigit() and int(part) < len(obj):
+            obj = obj[int(part)]  # "spearman_ci95.0": an item of a list
         else:
             return MISSING
     return obj

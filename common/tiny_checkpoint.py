@@ -102,7 +102,8 @@ def shrink_config_dict(d: dict) -> dict:
         for key, value in list(d.items()):
             if isinstance(value, list) and len(value) == old_layers and old_layers != new_layers:
                 d[key] = value[:new_layers]
-    d["initializer_range"] = INIT_STD if "initializer_range" in d else d.get("initializer_range")
+    if "initializer_range" in d:
+        d["initializer_range"] = INIT_STD
     if "initializer_factor" in d:  # T5's init scales with this instead
         d["initializer_factor"] = 1.0
     for key in ("torch_dtype", "dtype"):
@@ -140,16 +141,17 @@ def load_source(source: str | Path):
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"cannot read the model at {str(folder)!r}: {first_line(exc)}") from None
-    if not getattr(tokenizer, "is_fast", False):
-        raise UserError(f"the tokenizer of {str(source)!r} has no fast (tokenizers) version to retrain; convert it "
-                        "with `AutoTokenizer.from_pretrained(..., use_fast=True)` and save it first")
     return folder, config, tokenizer
 
 
 def small_tokenizer(tokenizer):
-    """The same kind of tokenizer with a small vocabulary; one that is already small is returned unchanged."""
+    """The same kind of tokenizer with a small vocabulary; one that is already small (ByT5's bytes, a tiny spec) is
+    returned unchanged."""
     if len(tokenizer) <= VOCAB:
         return tokenizer
+    if not getattr(tokenizer, "is_fast", False):
+        raise UserError(f"the tokenizer {type(tokenizer).__name__} has no fast (tokenizers) version to retrain; "
+                        "convert it with `AutoTokenizer.from_pretrained(..., use_fast=True)` and save it first")
     specials = len(tokenizer.all_special_tokens)
     return tokenizer.train_new_from_iterator(CORPUS * 8, vocab_size=max(VOCAB, specials + 300))
 
@@ -193,9 +195,28 @@ def random_model(config, family: str, seed: int):
 
     torch.manual_seed(seed)
     try:
-        return _model_class(family).from_config(config).eval()
+        model = _model_class(family).from_config(config).eval()
     except ValueError as exc:
         raise UserError(f"a {config.model_type!r} model is not a {family} model: {first_line(exc)}") from None
+    untie_output_embeddings(model)
+    return model
+
+
+def untie_output_embeddings(model) -> None:
+    """Give the output projection its own weights when the config says untied (Flan-T5, mT5, Minitron): some
+    architectures build it tied to the input embedding whatever the config says, and a tiny model must have the
+    source's layout, or its parity and memory figures describe another model."""
+    import torch
+
+    config = model.config
+    # T5 in transformers 5 always says tie_word_embeddings=True; scale_decoder_outputs=False marks v1.1 (untied)
+    if config.tie_word_embeddings is not False and getattr(config, "scale_decoder_outputs", None) is not False:
+        return
+    inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
+    if outputs is None or inputs is None or outputs.weight.data_ptr() != inputs.weight.data_ptr():
+        return
+    std = getattr(model.config, "initializer_factor", None) or getattr(model.config, "initializer_range", INIT_STD)
+    outputs.weight = torch.nn.Parameter(torch.empty_like(inputs.weight).normal_(0.0, std))
 
 
 def copy_sentence_transformers(source: Path, output: Path, width: int, seed: int, weights: bool) -> None:

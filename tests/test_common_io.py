@@ -633,3 +633,13 @@ def test_argument_parser_takes_both_spellings_and_no_abbreviations(capsys):
     with pytest.raises(SystemExit) as info:
         p.parse_args(["--model", "m"])  # an abbreviation would be ambiguous between the spellings: refused
     assert info.value.code == 2 and capsys.readouterr().err.startswith("error: unrecognized arguments")
+
+
+def test_report_reads_list_items(report_folder):
+    write_json(report_folder / "results" / "a.json", {"meta": _meta("python run.py", "2025-01-02T00:00:00+00:00"),
+                                                      "rows": [{"name": "ci", "x": [1.5, 2.5]}]})
+    (report_folder / "results" / "b.json").unlink()
+    text = (report_folder / "readme.md").read_text(encoding="utf-8").replace('["x", "X", ".2f"]', '["x.1", "X"]')
+    (report_folder / "readme.md").write_text(text, encoding="utf-8")
+    assert report.cli([str(report_folder)]) == 0
+    assert "| ci | 2.5 |" in (report_folder / "readme.md").read_text(encoding="utf-8")

@@ -83,6 +83,8 @@ def test_seq2seq_from_the_tiny_t5(tiny_t5, tmp_path):
     model = AutoModelForSeq2SeqLM.from_pretrained(out)
     assert model.config.model_type == "t5" and model.config.d_model <= tc.WIDTH
     assert model.config.decoder_start_token_id == model.config.pad_token_id  # T5 starts decoding from <pad>
+    untied = model.get_output_embeddings().weight.data_ptr() != model.get_input_embeddings().weight.data_ptr()
+    assert untied  # flan-t5 has its own lm_head: the tiny copy must too, whatever the default of the class
 
 
 @pytest.mark.parametrize("case", ["missing folder", "file", "no config", "offline hub id", "wrong family",
