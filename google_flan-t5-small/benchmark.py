@@ -1,17 +1,20 @@
-"""Flan-T5 speed: encoder latency/throughput per batch size, and generation against plain transformers, same run.
+"""T5-family speed: encoder latency/throughput per batch size, and generation against plain transformers, same run.
 
     python benchmark.py                                        # CPU fp32, default sizes
     python benchmark.py --device npu --dtype bf16 --input_tokens 256 --num_beams 4
     python benchmark.py --encoder_batch_sizes 1,8 --requests 16 --max_new_tokens 16   # a quick look
 
-Encoder: inputs of exactly --input_tokens tokens (random vocabulary ids, fixed seed), timed `model.encoder(...)`
+Encoder: inputs of exactly --input_tokens tokens (ids of real words drawn with a fixed seed, so any tokenizer and
+vocabulary works), timed `model.encoder(...)`
 calls after a warm-up; latency percentiles per call, sequences/s and tokens/s from the median.
 Generation: --requests synthetic summarize prompts in batches of --gen_batch_size, greedy and beam search. Each
 timed pass runs ours (T5Summarizer.generate_ids) and then the peer, the code a user would otherwise write:
 `AutoModelForSeq2SeqLM.from_pretrained(...).generate(**tokenizer(batch, padding=True, return_tensors="pt"), ...)`,
 alternating pass by pass so machine drift hits both alike. requests/s and new tokens/s come from the median pass;
-a request's latency is the time of the batch it was in. ratio = ours / peer requests/s.
-Writes results/benchmark_<device>_<dtype>.json and a PNG plot beside it.
+a request's latency is the time of the batch it was in. ratio = ours / peer requests/s. New tokens are counted the
+same way on both sides: up to and including each row's first </s> (what follows is padding).
+Writes a "benchmark" result record, results/benchmark_<model>_<device>_<dtype>.json, and a PNG plot beside it;
+its headline is the greedy row's ratio.
 """
 from __future__ import annotations
 
@@ -21,18 +24,16 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+from tqdm.auto import tqdm
+
+from common.device import device_name, peak_memory, reset_peak_memory
+from common.errors import ArgumentParser, UserError, non_negative_int, positive_int, run_main
+from common.results import default_result_path, result_record, save_figure, write_json
+from common.timing import Stopwatch, summarize, time_calls
+from inference import MODEL_CLASS, MODEL_NAME, T5Summarizer, add_model_args
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
-
-import torch  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from common.device import peak_memory, reset_peak_memory  # noqa: E402
-from common.errors import ArgumentParser, UserError, non_negative_int, positive_int, run_main  # noqa: E402
-from common.results import run_metadata, save_figure, write_json  # noqa: E402
-from common.timing import Stopwatch, summarize, time_calls  # noqa: E402
-from inference import T5Summarizer, add_model_args  # noqa: E402
 
 DEFAULT_ENCODER_BATCH_SIZES = "1,4,16,32,64"  # from single-request latency to bulk throughput
 DEFAULT_INPUT_TOKENS = 128  # encoder input length (every row exactly this long, no padding)
@@ -55,10 +56,12 @@ def synthetic_prompts(n: int, seed: int = SEED) -> list[str]:
 
 
 def encoder_inputs(model: T5Summarizer, batch_size: int, length: int) -> dict:
-    """Random ordinary-token ids (no specials, no sentinels), ending in </s>; all rows real, no padding."""
+    """Ids of real words drawn at random (no specials, no sentinels), ending in </s>; all rows real, no padding.
+    Drawn from the tokenizer's own encoding of WORDS, so nothing depends on where a vocabulary keeps its specials
+    (T5's sentinels come last, mT5 has none, ByT5's ids are bytes)."""
+    words = torch.tensor(sorted(set(model.tokenizer(" ".join(WORDS), add_special_tokens=False)["input_ids"])))
     generator = torch.Generator().manual_seed(SEED)
-    low, high = 3, max(4, model.tokenizer.vocab_size - 100)  # T5 keeps its 100 sentinels at the end
-    ids = torch.randint(low, high, (batch_size, length), generator=generator)
+    ids = words[torch.randint(0, len(words), (batch_size, length), generator=generator)]
     ids[:, -1] = model.eos_id
     return {"input_ids": ids.to(model.device), "attention_mask": torch.ones_like(ids).to(model.device)}
 
@@ -85,19 +88,23 @@ def ours_pass(model: T5Summarizer, prompts, settings: dict):
     return run
 
 
-def peer_pass(peer, tokenizer, prompts, settings: dict, device):
-    """What a user writes without this port: tokenizer(..., padding=True) then model.generate, batch by batch."""
+def peer_pass(peer, model: T5Summarizer, prompts, settings: dict):
+    """What a user writes without this port: tokenizer(..., padding=True) then model.generate, batch by batch.
+    Its new tokens are counted as ours are (model.strip_generated: up to the first </s>), never as "not <pad>": a
+    model may emit <pad> as a token (a tied-embedding T5 can), and padding after </s> is not work done."""
+    tokenizer = model.tokenizer
+
     def run():
         texts, new_tokens, latencies = [], 0, []
         for start in range(0, len(prompts), settings["batch_size"]):
             batch = prompts[start: start + settings["batch_size"]]
             began = time.perf_counter()
-            out = peer.generate(**tokenizer(batch, padding=True, return_tensors="pt").to(device),
+            out = peer.generate(**tokenizer(batch, padding=True, return_tensors="pt").to(model.device),
                                 max_new_tokens=settings["max_new_tokens"], num_beams=settings["num_beams"])
-            new = out[:, 1:].cpu()  # .cpu() waits for the device
+            rows = [model.strip_generated(row) for row in out.tolist()]  # .tolist() waits for the device
             latencies += [time.perf_counter() - began] * len(batch)
-            new_tokens += int((new != tokenizer.pad_token_id).sum())
-            texts += tokenizer.batch_decode(new, skip_special_tokens=True)
+            new_tokens += sum(map(len, rows))
+            texts += tokenizer.batch_decode(rows, skip_special_tokens=True)
         return texts, new_tokens, latencies
     return run
 
@@ -105,11 +112,11 @@ def peer_pass(peer, tokenizer, prompts, settings: dict, device):
 def bench_generation(model, peer, prompts, settings: dict, repeats: int) -> dict:
     runs = {"ours": ours_pass(model, prompts, settings)}
     if peer is not None:
-        runs["peer"] = peer_pass(peer, model.tokenizer, prompts, settings, model.device)
+        runs["peer"] = peer_pass(peer, model, prompts, settings)
     warm = {**settings, "max_new_tokens": min(4, settings["max_new_tokens"])}
     ours_pass(model, prompts[: settings["batch_size"]], warm)()  # warm-up: allocator, kernels, caches
     if peer is not None:
-        peer_pass(peer, model.tokenizer, prompts[: settings["batch_size"]], warm, model.device)()
+        peer_pass(peer, model, prompts[: settings["batch_size"]], warm)()
     seconds = {name: [] for name in runs}
     latencies, tokens, texts = {name: [] for name in runs}, {}, {}
     for _ in range(repeats):  # A B A B ...: drift on a shared machine hits both alike
@@ -156,7 +163,7 @@ def plot(result: dict, title: str, path: Path) -> None:
     left.legend()
     names = [f"{r['mode']} (beams {r['num_beams']})" for r in gen]
     x = range(len(gen))
-    right.bar([i - 0.2 for i in x], [r["ours"]["requests_per_s"] for r in gen], 0.4, label="T5Summarizer (this port)")
+    right.bar([i - 0.2 for i in x], [r["ours"]["requests_per_s"] for r in gen], 0.4, label=f"{MODEL_CLASS} (this port)")
     if gen and "peer" in gen[0]:
         right.bar([i + 0.2 for i in x], [r["peer"]["requests_per_s"] for r in gen], 0.4, label="transformers generate")
     right.set_xticks(list(x), names)
@@ -182,6 +189,13 @@ def load_peer(model: T5Summarizer):
     return AutoModelForSeq2SeqLM.from_pretrained(model.model_dir, dtype=model.dtype).to(model.device).eval()
 
 
+def headline(generation_rows: list[dict], batch_size: int) -> dict:
+    """The overview's one figure: greedy generation, ours against transformers' generate (None without the peer)."""
+    greedy = next(row for row in generation_rows if row["mode"] == "greedy")
+    return {"metric": f"generation requests/s, greedy, batch {batch_size}", "peer": "model.generate",
+            "ratio": greedy.get("ratio")}
+
+
 def main(args) -> int:
     batch_sizes = parse_sizes(args.encoder_batch_sizes, "--encoder_batch_sizes")
     model = T5Summarizer(args.model_path, args.device, args.dtype, args.max_input_length)
@@ -201,22 +215,26 @@ def main(args) -> int:
                     "batch_size": args.gen_batch_size}
         generation_rows.append(bench_generation(model, peer, prompts, settings, args.repeats))
         tqdm.write(format_generation_row(generation_rows[-1]))
-    output = Path(args.output or HERE / "results" / f"benchmark_{label}.json")
-    meta = run_metadata(model.device, model.dtype_name)
-    result = {"meta": meta, "model": str(model.model_dir), "label": label,
-              "parameters": sum(p.numel() for p in model.model.parameters()),
-              "settings": {"input_tokens": args.input_tokens, "requests": len(prompts), "seed": SEED,
-                           "gen_batch_size": args.gen_batch_size, "max_new_tokens": args.max_new_tokens,
-                           "repeats": args.repeats, "warmup": args.warmup, "peer": peer is not None},
-              "peak_memory": peak_memory(model.device), "encoder": encoder_rows, "generation": generation_rows}
+    output = Path(args.output or default_result_path(HERE, "benchmark", model.model_dir, model.device,
+                                                     model.dtype_name))
+    result = result_record(
+        "benchmark", device=model.device, dtype=model.dtype_name, model=model.model_dir,
+        headline=headline(generation_rows, args.gen_batch_size), label=label,
+        parameters=sum(p.numel() for p in model.model.parameters()),
+        settings={"input_tokens": args.input_tokens, "requests": len(prompts), "seed": SEED,
+                  "gen_batch_size": args.gen_batch_size, "max_new_tokens": args.max_new_tokens,
+                  "repeats": args.repeats, "warmup": args.warmup, "peer": peer is not None},
+        peak_memory=peak_memory(model.device), encoder=encoder_rows, generation=generation_rows)
     write_json(output, result)
-    plot(result, f"{Path(str(model.model_dir)).name} {label} on {meta['device_name']}", output.with_suffix(".png"))
+    title = f"{Path(str(model.model_dir)).name} ({result['weights']}) {label} on {device_name(model.device)}"
+    plot(result, title, output.with_suffix(".png"))
     print(f"wrote {output} and {output.with_suffix('.png')}")
     return 0
 
 
 def build_parser() -> ArgumentParser:
-    p = ArgumentParser(description="Benchmark Flan-T5: encoder sweep, generation vs transformers generate.")
+    p = ArgumentParser(description=f"Benchmark {MODEL_NAME} (or any T5-family model): encoder sweep, generation "
+                                   "vs transformers generate.")
     p.add_argument("--encoder_batch_sizes", default=DEFAULT_ENCODER_BATCH_SIZES, help="comma-separated, e.g. 1,4,16")
     p.add_argument("--input_tokens", type=positive_int, default=DEFAULT_INPUT_TOKENS, help="encoder input length")
     p.add_argument("--requests", type=positive_int, default=DEFAULT_REQUESTS, help="generation prompts per pass")
@@ -226,7 +244,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--repeats", type=positive_int, default=3, help="timed passes / calls per configuration")
     p.add_argument("--warmup", type=non_negative_int, default=1, help="untimed encoder calls per batch size")
     p.add_argument("--no_peer", action="store_true", help="skip the plain transformers comparison")
-    p.add_argument("--output", help="result JSON (default results/benchmark_<device>_<dtype>.json)")
+    p.add_argument("--output", help="result JSON (default results/benchmark_<model>_<device>_<dtype>.json)")
     return add_model_args(p)
 
 

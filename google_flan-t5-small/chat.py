@@ -1,4 +1,5 @@
-"""A context-keeping assistant on Flan-T5: every turn is appended to a running context that the next reply sees.
+"""A context-keeping assistant on Flan-T5 (or any T5-family model): each turn joins a running context the next
+reply sees.
 
     python chat.py                                       # type a message; `reset` forgets the conversation
     printf 'Hi, I am Ana.\\nWhat is my name?\\n\\n' | python chat.py --device npu   # piped stdin works the same
@@ -10,14 +11,9 @@ preamble stays). `reset` restores the preamble alone; an empty line (or end of i
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
-
-from common.errors import ArgumentParser, UserError, run_main  # noqa: E402
-from inference import T5Summarizer, add_generation_args, add_model_args  # noqa: E402
+from common.errors import ArgumentParser, UserError, run_main
+from inference import MODEL_NAME, T5Summarizer, add_generation_args, add_model_args
 
 CONTEXT = ("The following is a conversation with a friendly, helpful assistant. The assistant answers briefly "
            "and remembers what the user told it earlier.")  # default preamble (--context replaces it)
@@ -96,7 +92,8 @@ def main(args) -> int:
 
 
 def build_parser() -> ArgumentParser:
-    p = ArgumentParser(description="Chat with Flan-T5, keeping the conversation as context.")
+    p = ArgumentParser(description=f"Chat with {MODEL_NAME} (or any T5-family model), keeping the conversation as "
+                                   "context.")
     p.add_argument("--context", default=None, help="the preamble that sets up the conversation")
     return add_generation_args(add_model_args(p), max_new_tokens=MAX_NEW_TOKENS)
 

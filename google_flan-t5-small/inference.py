@@ -1,4 +1,4 @@
-"""Flan-T5 text2text generation on any device (Ascend NPU, CUDA, MPS, CPU): summaries, translation, QA, any prompt.
+"""T5-family text2text generation on any device (Ascend NPU, CUDA, MPS, CPU): summaries, translation, QA, any prompt.
 
     python inference.py                                         # a default prompt set, each prompt and its output
     python inference.py --task summarize --text "The council approved ..." --num_beams 4
@@ -12,31 +12,37 @@ Python:
     model.summarize(["summarize: ...", "translate English to German: ..."], max_new_tokens=64, num_beams=1)
     model(["question: ... context: ..."])                       # [{"generated_text": "..."}], like a pipeline
 
-Larger Flan-T5 sizes (base/large/xl/xxl) load through --model_path with no code change. In fp16, T5 activations
-can overflow; this port watches every encoder/decoder module in fp16 and says where (use bf16 or fp32 then).
+Any T5-family checkpoint loads through --model_path with no code change: Flan-T5 of every size, T5 v1.0 (t5-small
+..., ReLU feed-forward, tied embeddings), T5 v1.1, mT5 and ByT5. Nothing here assumes a width, depth, vocabulary or
+special-token id: they come from the checkpoint's config and tokenizer. In fp16, T5 activations can overflow; this
+port watches every encoder/decoder module in fp16 and says where (use bf16 or fp32 then).
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from common.device import dtype_name, resolve_device, resolve_dtype
+from common.errors import ArgumentParser, UserError, first_line, positive_int, run_main
+from common.model_path import resolve_model_path
+from common.textio import read_lines, read_text_file
+from overflow import OverflowWatch
+
+# The port's identity: `python -m common.new_port` rewrites these lines when it copies this folder.
+MODEL_NAME = "google_flan-t5-small"  # headings, messages, result labels
+DEFAULT_MODEL = "google/flan-t5-small"  # --model_path default: hub id (offline and not cached: the download command)
+MODEL_FAMILY = "seq2seq"  # sentence-transformers | seq2seq | causal-lm
+MODEL_CLASS = "T5Summarizer"  # the class users import
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # the repo root, for `common`
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from common.device import dtype_name, resolve_device, resolve_dtype  # noqa: E402
-from common.errors import ArgumentParser, UserError, first_line, positive_int, run_main  # noqa: E402
-from common.model_path import resolve_model_path  # noqa: E402
-from common.textio import read_lines, read_text_file  # noqa: E402
-from overflow import OverflowWatch  # noqa: E402
-
-DEFAULT_MODEL = "google/flan-t5-small"  # hub id; offline and not cached, the error gives the download command
-MAX_INPUT_LENGTH = 512  # Flan-T5 was fine-tuned on 512-token inputs; longer prompts are cut (and counted)
+MAX_INPUT_LENGTH = 512  # T5 and Flan-T5 were trained on 512-token inputs; longer prompts are cut (and counted)
 DEFAULT_MAX_NEW_TOKENS = 64  # enough for a one-sentence summary, a short translation or an answer
 DEFAULT_NUM_BEAMS = 1  # greedy; 4 is the usual beam width for summaries
 DEFAULT_BATCH_SIZE = 16  # prompts per generate() call, grouped by token length so batches pad little
@@ -62,11 +68,31 @@ DEFAULT_PROMPTS = [  # run when no input is given, as the seed's `python inferen
 
 
 class _UntiedHeadNotice(logging.Filter):
-    """Drops one transformers 5.x warning that every Flan-T5 load triggers: it builds T5 with a tied lm_head, finds
-    flan-t5's own lm_head in the checkpoint and (correctly) keeps it untied, then warns about it."""
+    """Drops one transformers 5.x warning that every untied T5 load (Flan-T5, T5 v1.1, mT5) triggers: it builds the
+    model with a tied lm_head, finds the checkpoint's own lm_head and (correctly) keeps it untied, then warns."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "both are present in the checkpoints with different values" not in record.getMessage()
+
+
+def check_tokenizer_files(model_dir: Path) -> None:
+    """A checkpoint that ships only SentencePiece's spiece.model (mT5, T5 v1.1 on the hub) is converted on load, which
+    needs the sentencepiece and protobuf packages; without them transformers falls back to a tiktoken reader and fails
+    with a misleading message. Say what to install instead."""
+    if not (model_dir / "spiece.model").is_file() or (model_dir / "tokenizer.json").is_file():
+        return
+    missing = [package for package, module in (("sentencepiece", "sentencepiece"), ("protobuf", "google.protobuf"))
+               if not _installed(module)]
+    if missing:
+        raise UserError(f"{str(model_dir)!r} has only a SentencePiece tokenizer (spiece.model, no tokenizer.json); "
+                        f"converting it needs `pip install {' '.join(missing)}`")
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # the parent package (`google`) is absent
+        return False
 
 
 def load_seq2seq(model_dir: Path, dtype: torch.dtype):
@@ -78,6 +104,7 @@ def load_seq2seq(model_dir: Path, dtype: torch.dtype):
     loader_log = logging.getLogger("transformers.modeling_utils")
     if not any(type(f).__name__ == "_UntiedHeadNotice" for f in loader_log.filters):  # once, even if reloaded
         loader_log.addFilter(_UntiedHeadNotice())
+    check_tokenizer_files(model_dir)
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModelForSeq2SeqLM.from_pretrained(model_dir, dtype=dtype)
@@ -88,8 +115,17 @@ def load_seq2seq(model_dir: Path, dtype: torch.dtype):
     return tokenizer, model.eval()
 
 
+def describe(model) -> str:
+    """One line on the loaded architecture: what differs between T5 v1.0, v1.1/Flan-T5, mT5 and ByT5 checkpoints."""
+    c = model.config
+    tied = model.lm_head.weight.data_ptr() == model.shared.weight.data_ptr()
+    return (f"{c.model_type}, d_model {c.d_model}, {c.num_layers}+{c.num_decoder_layers} layers, {c.num_heads} heads "
+            f"x {c.d_kv}, d_ff {c.d_ff} {c.feed_forward_proj}, vocab {c.vocab_size}, "
+            f"{'tied' if tied else 'untied'} lm_head")
+
+
 class T5Summarizer:
-    """Flan-T5 text2text: `summarize(prompts) -> list[str]`, `model(prompts) -> [{"generated_text": ...}]`."""
+    """T5-family text2text: `summarize(prompts) -> list[str]`, `model(prompts) -> [{"generated_text": ...}]`."""
 
     def __init__(self, model_path: str | None = None, device: str = "auto", dtype: str = "auto",
                  max_input_length: int = MAX_INPUT_LENGTH, watch_overflow: bool | None = None):
@@ -111,11 +147,14 @@ class T5Summarizer:
 
     @property
     def pad_id(self) -> int:
-        return self.tokenizer.pad_token_id
+        """The tokenizer's <pad>, else the config's: T5 pads with it and starts decoding from it."""
+        pad = self.tokenizer.pad_token_id
+        return self.model.config.pad_token_id if pad is None else pad
 
     @property
     def eos_id(self) -> int:
-        return self.tokenizer.eos_token_id
+        eos = self.tokenizer.eos_token_id
+        return self.model.config.eos_token_id if eos is None else eos
 
     @property
     def decoder_start_id(self) -> int:
@@ -132,7 +171,8 @@ class T5Summarizer:
         limit, truncated = self.max_input_length, 0
         for i, seq in enumerate(ids):
             if len(seq) > limit:
-                ids[i] = seq[: limit - 1] + seq[-1:]
+                tail = seq[-1:] if seq[-1] == self.eos_id else []  # T5 tokenizers end every input with </s>
+                ids[i] = seq[: limit - len(tail)] + tail
                 truncated += 1
         return ids, truncated
 
@@ -187,7 +227,7 @@ class T5Summarizer:
 
     def summarize(self, texts, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, num_beams: int = DEFAULT_NUM_BEAMS,
                   batch_size: int = DEFAULT_BATCH_SIZE) -> list[str]:
-        """Generate for any Flan prompt ("summarize: ...", "translate English to French: ...", ...)."""
+        """Generate for any prompt ("summarize: ...", "translate English to French: ...", a Flan instruction)."""
         ids = self.generate_ids(texts, max_new_tokens, num_beams, batch_size)
         return self.tokenizer.batch_decode(ids, skip_special_tokens=True) if ids else []  # batch_decode([]) is [""]
 
@@ -285,7 +325,8 @@ def main(args) -> int:
         raise UserError(f"--output {args.output!r} must end in .jsonl")
     prompts, labels = gather_prompts(args)
     model = T5Summarizer(args.model_path, args.device, args.dtype, args.max_input_length)
-    print(f"model {model.model_dir} on {model.device} ({model.dtype_name}), max_input_length {model.max_input_length}")
+    print(f"model {model.model_dir} ({describe(model.model)}) on {model.device} ({model.dtype_name}), "
+          f"max_input_length {model.max_input_length}")
     outputs = model.summarize(prompts, args.max_new_tokens, args.num_beams, args.batch_size)
     stats = model.last_stats
     print(f"{len(prompts)} prompt(s), {stats['truncated']} truncated at {model.max_input_length} tokens, "
@@ -309,7 +350,7 @@ def add_model_args(p: ArgumentParser) -> ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | npu[:N] | mps")
     p.add_argument("--dtype", default="auto", help="auto | fp32 | bf16 | fp16 (auto: fp32 on CPU, bf16 on accelerators)")
     p.add_argument("--model_path", default=None,
-                   help=f"model folder or hub id (default {DEFAULT_MODEL}; base/large/xl work the same way)")
+                   help=f"model folder or hub id (default {DEFAULT_MODEL}; any T5, Flan-T5, mT5 or ByT5 works)")
     p.add_argument("--max_input_length", type=positive_int, default=MAX_INPUT_LENGTH,
                    help="prompts longer than this many tokens are truncated (the count is printed)")
     return p
@@ -322,7 +363,8 @@ def add_generation_args(p: ArgumentParser, max_new_tokens: int = DEFAULT_MAX_NEW
 
 
 def build_parser() -> ArgumentParser:
-    p = ArgumentParser(description="Generate text with Flan-T5 (summaries, translation, QA, any Flan prompt).")
+    p = ArgumentParser(description=f"Generate text with {MODEL_NAME} or any T5-family model (summaries, "
+                                   "translation, QA, any instruction).")
     p.add_argument("--text", action="append", help="an input (repeatable); wrapped according to --task")
     p.add_argument("--batch_file", help="UTF-8 file with one input per line (blank lines are skipped)")
     p.add_argument("--task", default="raw", choices=sorted(TASKS),

@@ -1,13 +1,19 @@
 """Build a tiny random Flan-T5 checkpoint (same architecture as flan-t5-small, scaled down) for tests and CI.
 
-    python make_tiny_checkpoint.py models/tiny-flan-t5          # then --model_path models/tiny-flan-t5
+    python make_tiny_checkpoint.py --output /tmp/tiny-flan-t5                  # then --model_path /tmp/tiny-flan-t5
+    python make_tiny_checkpoint.py --output /tmp/tiny-mt5 --from google/mt5-small   # any T5-family architecture
 
 The real weights cannot be downloaded everywhere (no model hub in CI), so the tests load this folder through the
 very same `from_pretrained` path as the real checkpoint. It matches flan-t5-small's *structure*: T5 v1.1 with a
 gated-GELU feed-forward, relative attention buckets, an untied lm_head (no decoder-output rescaling), pad=0, eos=1,
 unk=2, decoder start = pad, and a real Unigram (SentencePiece-style) tokenizer with T5's 100 <extra_id_*> sentinels.
 The weights are random: generations are gibberish, parity and speed measurements are still meaningful as plumbing.
-Takes a few seconds on a laptop CPU.
+Takes a few seconds on a laptop CPU. The folder is marked as a test checkpoint (common.results.mark_test_checkpoint),
+so every result measured on it says "test checkpoint", never the real model.
+
+--from MODEL (a local folder or a hub id) builds a tiny random checkpoint of THAT model's architecture instead, with
+common.tiny_checkpoint.build_tiny: its config shrunk, its tokenizer retrained to a small vocabulary; only the
+source's config and tokenizer files are read.
 """
 from __future__ import annotations
 
@@ -15,6 +21,10 @@ import json
 import sys
 from pathlib import Path
 
+from common.errors import ArgumentParser, UserError, run_main
+from common.results import mark_test_checkpoint
+
+FAMILY = "seq2seq"  # how common.tiny_checkpoint loads a --from model
 SEED = 0  # fixed weights: every build gives the same checkpoint
 VOCAB_TARGET = 400  # Unigram pieces to learn (the trainer may stop earlier on this small corpus)
 SCORE_DECIMALS = 2  # piece scores are rounded to this many decimals, making ties (and so the ids) deterministic
@@ -89,14 +99,13 @@ def write_real_style_config(path: Path) -> None:
     file.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
-def build(path) -> Path:
-    """Write tokenizer, config and random weights to `path` (created if needed); returns the folder."""
+def build_own(path: Path) -> Path:
+    """The folder's own tiny checkpoint: flan-t5-small's structure, scaled down."""
     import torch
     from transformers import T5Config, T5ForConditionalGeneration
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer()
     tokenizer.save_pretrained(path)
@@ -108,17 +117,39 @@ def build(path) -> Path:
     untie_lm_head(model, std=config.initializer_factor)
     model.save_pretrained(path)
     write_real_style_config(path)
+    mark_test_checkpoint(path, seed=SEED, source="make_tiny_checkpoint.py (flan-t5-small's architecture)",
+                         family=FAMILY)
     return path
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        sys.stderr.write("usage: python make_tiny_checkpoint.py OUTPUT_FOLDER\n")
-        return 2
-    folder = build(argv[0])
-    print(f"wrote a tiny random Flan-T5 checkpoint to {folder}; pass --model_path {folder}")
+def build(output, source: str | None = None) -> Path:
+    """Write tokenizer, config and random weights to `output` (created if needed); returns the folder. Without
+    `source`, the folder's own Flan-T5 layout; with it, a tiny copy of that model's architecture."""
+    output = Path(output)
+    if source is None:
+        return build_own(output)
+    from common.tiny_checkpoint import build_tiny
+
+    return build_tiny(source, output, FAMILY, seed=SEED)
+
+
+def main(args) -> int:
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise UserError(f"--output {args.output!r} is a file; pass a folder to write the checkpoint into")
+    folder = build(output, args.source)
+    what = f"checkpoint of {args.source}'s architecture" if args.source else "Flan-T5 checkpoint"
+    print(f"wrote a tiny random {what} to {folder}; pass --model_path {folder}")
     return 0
 
 
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(description="Build a tiny random test checkpoint (random weights, marked as such).")
+    p.add_argument("--output", required=True, help="folder to write (created)")
+    p.add_argument("--from", dest="source", default=None,
+                   help="a T5-family model folder or hub id whose architecture to copy (default: flan-t5-small's)")
+    return p
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_main(main, build_parser().parse_args()))

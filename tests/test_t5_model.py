@@ -123,11 +123,13 @@ def test_memory_formula_matches_real_model_objects(model):
     assert counted["total"] == sum(p.numel() for p in model.model.parameters())
     from transformers import T5Config, T5ForConditionalGeneration
 
-    d_model, d_ff, heads, d_kv, enc, dec = memory.SIZES["google/flan-t5-small"]
-    config = T5Config(d_model=d_model, d_ff=d_ff, num_heads=heads, d_kv=d_kv, num_layers=enc, num_decoder_layers=dec,
-                      vocab_size=memory.VOCAB, feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+    config = T5Config(**memory.FLAN_T5, **memory.KNOWN_SIZES["google/flan-t5-small"])
     with torch.device("meta"):
         small = T5ForConditionalGeneration(config)
     small.lm_head.weight = torch.nn.Parameter(torch.empty_like(small.shared.weight))  # untied, as in the checkpoint
-    assert memory.t5_parameters(*memory.SIZES["google/flan-t5-small"])["total"] == 76_961_152
-    assert sum(p.numel() for p in small.parameters()) == 76_961_152
+    assert memory.known_rows()[0]["parameters"] == 76_961_152 == sum(p.numel() for p in small.parameters())
+    with torch.device("meta"):  # T5 v1.0: t5-small's config is T5Config's defaults (ReLU, tied lm_head)
+        t5_small = T5ForConditionalGeneration(T5Config())
+    row = memory.estimate("t5-small", T5Config())
+    assert (row["feed_forward"], row["lm_head"]) == ("relu", "tied")
+    assert row["parameters"] == 60_506_624 == sum(p.numel() for p in t5_small.parameters())  # as published

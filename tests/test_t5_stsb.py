@@ -1,0 +1,104 @@
+"""eval_stsb.py: Flan's STS-B prompt, the score extractor, scoring, the per-pair log and --resume, bad input."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import T5_FOLDER, load_script
+
+
+@pytest.fixture
+def stsb():
+    return load_script(T5_FOLDER, "eval_stsb")
+
+
+@pytest.fixture
+def data(shared_data):
+    return shared_data / "stsb" / "test.tsv"
+
+
+@pytest.mark.parametrize("text, score", [
+    ("3", 3.0), ("3.8", 3.8), ("The answer is 4.", 4.0), ("2.5 out of 5", 2.5), ("7", 5.0), ("-1", 0.0),
+    ("no", None), ("", None), ("five", None),
+])
+def test_extract_score(stsb, text, score):
+    assert stsb.extract_score(text) == score
+
+
+def test_prompt_is_flans_stsb_template(stsb):
+    assert stsb.build_prompt("A man plays.", "A woman sings.") == (
+        "A man plays.\nA woman sings.\n\nRate the textual similarity of these two sentences on a scale from 0 to 5, "
+        "where 0 is \"no meaning overlap\" and 5 is \"means the same thing\".\n\n"
+        "OPTIONS:\n- 0\n- 1\n- 2\n- 3\n- 4\n- 5")
+
+
+def answer_gold(stsb, data, unanswered: int):
+    """A stand-in for generation that answers each pair's gold score, except `unanswered` with no number."""
+    from common.stsb import load_pairs
+
+    gold = {stsb.build_prompt(s1, s2): score for score, s1, s2 in load_pairs(str(data))[0]}
+    calls = []
+
+    def summarize(self, prompts, *args):
+        calls.extend(prompts)
+        return [f"{gold[p]:.1f}" if i >= unanswered else "I cannot say" for i, p in enumerate(prompts)]
+    return summarize, calls
+
+
+def test_scores_are_correlated_with_gold_and_unparsed_answers_count_as_the_midpoint(stsb, cli, tiny_t5, data,
+                                                                                      tmp_path, monkeypatch):
+    summarize, calls = answer_gold(stsb, data, unanswered=1)
+    monkeypatch.setattr(stsb.T5Summarizer, "summarize", summarize)
+    out = tmp_path / "stsb.json"
+    assert cli(stsb, "--model_path", tiny_t5, "--device", "cpu", "--data", data, "--limit", 20, "--batch_size", 10,
+               "--output", out) == 0
+    result = json.loads(out.read_text())
+    assert result["pairs"] == 20 and len(calls) == 20 and result["unparsed"] == 2  # one per batch of 10
+    assert 90 < result["spearman_x100"] < 100 and result["headline"]["value"] == result["spearman_x100"]
+    low, high = result["spearman_ci95"]
+    assert low <= result["spearman_x100"] <= high
+    log = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()[1:]]
+    assert sum(r["extracted"] is None and r["score"] == stsb.UNPARSED_SCORE for r in log) == 2
+
+
+def test_resume_continues_the_log_without_redoing_pairs(stsb, cli, tiny_t5, data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "stsb.json"
+    argv = ["--model_path", tiny_t5, "--device", "cpu", "--data", data, "--limit", 6, "--output", out]
+    assert cli(stsb, *argv) == 0
+    first = json.loads(out.read_text())
+    log = out.with_suffix(".jsonl")
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join(lines[:4]) + '\n{"type": "sample", "id": 3, "gen')  # config + 3 pairs + a torn line
+    assert cli(stsb, *argv) == 2 and "--resume" in capsys.readouterr().err  # never overwritten silently
+    assert cli(stsb, *argv[:-4], "--limit", 5, "--output", out, "--resume") == 2
+    assert "different settings" in capsys.readouterr().err
+    summarize, calls = answer_gold(stsb, data, unanswered=0)
+    real_summarize = stsb.T5Summarizer.summarize
+    monkeypatch.setattr(stsb.T5Summarizer, "summarize",
+                        lambda self, prompts, *a: (calls.extend(prompts), real_summarize(self, prompts, *a))[1])
+    assert cli(stsb, *argv, "--resume") == 0
+    assert len(calls) == 3  # only the pairs the log did not hold
+    records = [json.loads(line) for line in log.read_text().splitlines()[1:]]
+    assert [r["id"] for r in records] == list(range(6))
+    resumed = json.loads(out.read_text())
+    assert resumed["pairs"] == 6 and resumed["answers"] == first["answers"]  # greedy: the same answers again
+
+
+def test_offline_without_data_is_one_line_naming_data(stsb, cli, tiny_t5, tmp_path, capsys):
+    assert cli(stsb, "--model_path", tiny_t5, "--output", tmp_path / "x.json") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "--data" in err and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--data", "missing.tsv"], "does not exist"),
+    (["--limit", "0"], "must be >= 1"),
+    (["--batch_size", "x"], "whole number"),
+])
+def test_bad_input(stsb, cli, tiny_t5, tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(tmp_path)
+    assert cli(stsb, "--model_path", tiny_t5, *argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and len(err.splitlines()) == 1, err
