@@ -21,6 +21,11 @@ THRESHOLDS = {
 }
 
 
+METRIC_KEYS = ("cosine_flat", "cosine_row_mean", "cosine_row_min", "max_abs_err", "mean_abs_err", "rel_l2", "mse",
+               "similarity_pearson")
+LOGITS_KEYS = ("top1_agreement", "kl_mean", "kl_max")
+
+
 def _as_f64(x) -> np.ndarray:
     if hasattr(x, "detach"):  # a torch tensor, possibly bf16 which numpy cannot hold
         x = x.detach().to("cpu").double().numpy()
@@ -97,7 +102,8 @@ def parity(out, ref, dtype: str = "fp32", *, logits: bool = False) -> dict:
         # NaN/inf is never scored: the run fails with the count, and no metric pretends to describe it.
         failures = [f"{where} contains NaN/inf ({count} values)"
                     for where, count in (("output", nonfinite), ("reference", ref_nonfinite)) if count]
-        return {**result, "passed": False, "failures": failures, "thresholds": {}}
+        unscored = dict.fromkeys(METRIC_KEYS + (LOGITS_KEYS if logits else ()))  # null, so tables show "–"
+        return {**result, **unscored, "passed": False, "failures": failures, "thresholds": {}}
     diff = a - b
     ar, br = _rows(a), _rows(b)
     cos_rows = _cosine_rows(ar, br)

@@ -154,7 +154,7 @@ def test_nan_in_output_fails_and_is_counted():
     assert r["nonfinite_values"] == 2
     assert len(r["failures"]) == 1 and "NaN" in r["failures"][0] and "output" in r["failures"][0]
     assert "(2 values)" in r["failures"][0]
-    assert "rel_l2" not in r  # no metric pretends to describe a broken output
+    assert r["rel_l2"] is None and r["cosine_row_min"] is None  # present for tables, but no value pretends to describe it
     text = format_parity(r)
     assert "NaN" in text and "FAIL" in text and "PASS" not in text
 
