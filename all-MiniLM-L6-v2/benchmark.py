@@ -2,12 +2,13 @@
 
     python benchmark.py                                   # CPU fp32, batch sizes 1,4,16,32,64, 2,000 texts
     python benchmark.py --dtype bf16 --batch_sizes 32
-    python benchmark.py --compile --device npu --dtype bf16
+    python benchmark.py --compile --device npu --dtype bf16 --model_path path/to/model
 
 Each (implementation, batch size) gets an untimed warm-up on a slice of the workload, then --repeats timed passes
 over the whole workload; throughput is the median pass. Per-batch latencies (ours) come from every timed batch.
-The peer is what a user would otherwise run: SentenceTransformer(model).encode(texts, batch_size=...) in fp32.
-Writes results/benchmark_<device>_<dtype>[_compiled].json and a PNG plot beside it.
+The peer is what a user would otherwise run on the same folder: SentenceTransformer(model).encode(texts,
+batch_size=...) in fp32. The headline ratio is ours / peer in texts/s at batch 32 (or the largest batch run).
+Writes results/benchmark_<model>_<device>_<dtype>[_compiled].json and a PNG plot beside it.
 """
 from __future__ import annotations
 
@@ -17,20 +18,18 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from common.device import peak_memory, reset_peak_memory, synchronize
+from common.errors import ArgumentParser, UserError, positive_int, run_main
+from common.results import default_result_path, result_record, save_figure, write_json
+from common.textio import read_lines
+from common.timing import Stopwatch, summarize
+from inference import MODEL_CLASS, MODEL_NAME, MiniLMEncoder, add_model_args
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from common.device import peak_memory, reset_peak_memory, synchronize  # noqa: E402
-from common.errors import ArgumentParser, UserError, positive_int, run_main  # noqa: E402
-from common.results import run_metadata, save_figure, write_json  # noqa: E402
-from common.textio import read_lines  # noqa: E402
-from common.timing import Stopwatch, summarize  # noqa: E402
-from inference import MiniLMEncoder, add_model_args  # noqa: E402
 
 DEFAULT_BATCH_SIZES = "1,4,16,32,64"  # from single-request latency to bulk throughput
 DEFAULT_NUM_TEXTS = 2000  # large enough that one pass at batch 64 lasts several seconds on a 2-core CPU
@@ -38,6 +37,8 @@ WORDS_MIN, WORDS_MAX = 5, 60  # sentence lengths of the synthetic workload, unif
 SEED = 0  # fixed workload: every run and every machine times the same texts
 WARMUP_BATCHES = 3  # untimed batches per configuration (compiled graphs, allocator, oneDNN primitive caches)
 GEMM_PROBE_SIZE = 2048  # square matmul used to measure this device's dense peak for the utilisation figure
+HEADLINE_BATCH = 32  # the batch size whose speedup is the result's headline (the largest run if it is not run)
+PEER = "SentenceTransformer.encode"
 VOCAB = ("time person year way day thing man world life hand part child eye woman place work week case point "
          "government company number group problem fact be have do say get make go know take see come think look "
          "want give use find tell ask seem feel try leave call good new first last long great little own other "
@@ -53,10 +54,13 @@ def synthetic_texts(n: int, seed: int = SEED) -> list[str]:
             for _ in range(n)]
 
 
-def model_flops(token_counts, hidden: int, intermediate: int, layers: int) -> float:
-    """Forward FLOPs over real tokens: the linear layers (2*n*params) plus attention scores and mixing (4*n^2*h)."""
-    per_token = 2 * (4 * hidden * hidden + 2 * hidden * intermediate)
-    return float(sum(layers * (n * per_token + 4 * n * n * hidden) for n in token_counts))
+def model_flops(token_counts, model) -> float:
+    """Forward FLOPs over real tokens: 2 per weight of every matrix the tokens go through (embedding tables and
+    BERT's unused pooler excluded) plus attention scores and mixing (4 * n^2 * hidden per layer)."""
+    weights = sum(p.numel() for name, p in model.named_parameters()
+                  if p.dim() == 2 and "embed" not in name and not name.startswith("pooler."))
+    hidden, layers = model.config.hidden_size, model.config.num_hidden_layers
+    return float(sum(2 * n * weights + layers * 4 * n * n * hidden for n in token_counts))
 
 
 def gemm_peak_gflops(device, dtype) -> float:
@@ -85,7 +89,8 @@ def ours_pass(encoder: MiniLMEncoder, texts, batch_size: int, latencies: list):
 
 
 def peer_pass(peer, texts, batch_size: int):
-    kwargs = dict(batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    # no normalize_embeddings: both sides give what the checkpoint's modules give (Normalize or not)
+    kwargs = dict(batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
     return lambda: peer.encode(texts, **kwargs)
 
 
@@ -134,10 +139,8 @@ def bench_batch_size(encoder, peer, texts, batch_size: int, repeats: int, flops:
 
 
 def run_sweep(encoder, peer, texts, batch_sizes, repeats) -> list[dict]:
-    config = encoder.model.config if not encoder.compiled else encoder.model._orig_mod.config
     ids, _ = encoder.tokenize(texts)
-    flops = model_flops([len(s) for s in ids], config.hidden_size, config.intermediate_size,
-                        config.num_hidden_layers)
+    flops = model_flops([len(s) for s in ids], getattr(encoder.model, "_orig_mod", encoder.model))
     rows = []
     for batch_size in tqdm(batch_sizes, desc="batch sizes", unit="config"):
         rows.append(bench_batch_size(encoder, peer, texts, batch_size, repeats, flops))
@@ -163,9 +166,9 @@ def plot(rows: list[dict], title: str, path: Path) -> None:
 
     sizes = [r["batch_size"] for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    left.plot(sizes, [r["ours"]["texts_per_s"] for r in rows], "o-", label="MiniLMEncoder (this port)")
+    left.plot(sizes, [r["ours"]["texts_per_s"] for r in rows], "o-", label=f"{MODEL_CLASS} (this port)")
     if rows and "peer" in rows[0]:
-        left.plot(sizes, [r["peer"]["texts_per_s"] for r in rows], "s--", label="SentenceTransformer.encode")
+        left.plot(sizes, [r["peer"]["texts_per_s"] for r in rows], "s--", label=PEER)
     left.set(xscale="log", xlabel="batch size", ylabel="texts / s", title="throughput")
     left.set_xticks(sizes, [str(s) for s in sizes])
     left.legend()
@@ -188,6 +191,14 @@ def parse_batch_sizes(text: str) -> list[int]:
     return sizes
 
 
+def headline(rows: list[dict], with_peer: bool) -> dict:
+    """The result's one figure: our speedup over the peer at batch 32, or at the largest batch size run."""
+    sizes = [r["batch_size"] for r in rows]
+    row = rows[sizes.index(HEADLINE_BATCH)] if HEADLINE_BATCH in sizes else max(rows, key=lambda r: r["batch_size"])
+    return {"metric": f"texts/s at batch {row['batch_size']}", "peer": PEER,
+            "ratio": row["speedup"] if with_peer else None}
+
+
 def main(args) -> int:
     batch_sizes = parse_batch_sizes(args.batch_sizes)
     texts = read_lines(args.batch_file, "--batch_file")[0] if args.batch_file else synthetic_texts(args.num_texts)
@@ -199,22 +210,26 @@ def main(args) -> int:
     if not args.no_peer:
         from sentence_transformers import SentenceTransformer
 
-        peer = SentenceTransformer(str(encoder.model_dir), device=str(encoder.device))
-    label = f"{encoder.device.type}_{encoder.dtype_name}{'_compiled' if args.compile else ''}"
-    print(f"{len(texts)} texts, batch sizes {batch_sizes}, {args.repeats} timed passes each, {label}")
+        peer = SentenceTransformer(str(encoder.model_dir), device=str(encoder.device))  # the same folder
+    suffix = "_compiled" if args.compile else ""
+    label = f"{encoder.device.type}_{encoder.dtype_name}{suffix}"
+    print(f"{len(texts)} texts, batch sizes {batch_sizes}, {args.repeats} timed passes each, {label}; "
+          f"{encoder.describe()}")
     rows = run_sweep(encoder, peer, texts, batch_sizes, args.repeats)
     synchronize(encoder.device)
-    output = Path(args.output or HERE / "results" / f"benchmark_{label}.json")
-    meta = run_metadata(encoder.device, encoder.dtype_name)
-    result = {"meta": meta, "model": str(encoder.model_dir), "label": label, "compiled": args.compile,
-              "workload": {"texts": len(texts), "source": args.batch_file or f"synthetic seed={SEED}",
-                           "tokens": encoder.last_stats["tokens"], "truncated": encoder.last_stats["truncated"]},
-              "repeats": args.repeats, "first_call_seconds": first_call_s,
-              "gemm_peak_gflops": gemm_peak_gflops(encoder.device, encoder.dtype),
-              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16_hardware": cpu_bf16_hardware(),
-              "rows": rows}
+    output = Path(args.output or default_result_path(HERE, "benchmark", encoder.model_dir, encoder.device,
+                                                     encoder.dtype_name, suffix))
+    result = result_record(
+        "benchmark", device=encoder.device, dtype=encoder.dtype_name, model=encoder.model_dir,
+        headline=headline(rows, peer is not None), label=label, compiled=args.compile,
+        workload={"texts": len(texts), "source": args.batch_file or f"synthetic seed={SEED}",
+                  "tokens": encoder.last_stats["tokens"], "truncated": encoder.last_stats["truncated"]},
+        repeats=args.repeats, first_call_seconds=first_call_s,
+        gemm_peak_gflops=gemm_peak_gflops(encoder.device, encoder.dtype),
+        cpu_capability=torch.backends.cpu.get_cpu_capability(), cpu_bf16_hardware=cpu_bf16_hardware(),
+        pipeline=encoder.describe(), rows=rows)
     write_json(output, result)
-    plot(rows, f"all-MiniLM-L6-v2 {label} on {meta['device_name']}", output.with_suffix(".png"))
+    plot(rows, f"{MODEL_NAME} {label} on {result['meta']['device_name']}", output.with_suffix(".png"))
     print(f"first call {first_call_s:.1f} s; measured {encoder.dtype_name} GEMM peak "
           f"{result['gemm_peak_gflops']:.0f} GFLOP/s")
     print(f"wrote {output} and {output.with_suffix('.png')}")
@@ -222,13 +237,13 @@ def main(args) -> int:
 
 
 def build_parser() -> ArgumentParser:
-    p = ArgumentParser(description="Benchmark MiniLMEncoder vs SentenceTransformer.encode.")
+    p = ArgumentParser(description=f"Benchmark {MODEL_CLASS} vs {PEER} on the same model folder.")
     p.add_argument("--batch_sizes", default=DEFAULT_BATCH_SIZES, help="comma-separated, e.g. 1,4,16,32,64")
     p.add_argument("--num_texts", type=positive_int, default=DEFAULT_NUM_TEXTS, help="size of the synthetic workload")
     p.add_argument("--batch_file", help="benchmark these texts (one per line) instead of the synthetic workload")
     p.add_argument("--repeats", type=positive_int, default=3, help="timed passes per configuration")
     p.add_argument("--no_peer", action="store_true", help="skip SentenceTransformer (e.g. when it is not installed)")
-    p.add_argument("--output", help="result JSON (default results/benchmark_<device>_<dtype>[_compiled].json)")
+    p.add_argument("--output", help="result JSON (default results/benchmark_<model>_<device>_<dtype>[_compiled].json)")
     return add_model_args(p)
 
 

@@ -1,30 +1,28 @@
-"""Parity of all-MiniLM-L6-v2 on a device+dtype against the CPU float32 reference.
+"""Parity of the encoder on a device+dtype against the CPU float32 reference, for any sentence-transformers model.
 
     python eval_accuracy.py --device npu --dtype bf16
-    python eval_accuracy.py --device cpu --dtype fp32 --file my_texts.txt
+    python eval_accuracy.py --device cpu --dtype fp32 --file my_texts.txt --model_path path/to/model
 
 Both sides encode the same texts; the metrics (common.metrics.parity, computed in float64) are taken on the
-normalised sentence embeddings (what users consume) and on the token states before pooling (where a kernel bug
-would show first). PASS needs both within the thresholds of the dtype under test. Exit code 1 on FAIL.
+sentence embeddings (what users consume) and on the token states before pooling (where a kernel bug would show
+first). PASS needs both parts within the thresholds of the dtype under test (common.metrics.verdict). Exit 1 on FAIL.
+Writes results/parity_<model>_<device>_<dtype>[_compiled].json.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from common.errors import ArgumentParser, run_main
+from common.metrics import format_parity, parity, verdict
+from common.results import default_result_path, result_record, write_json
+from common.textio import read_lines
+from inference import MODEL_CLASS, MODEL_NAME, MiniLMEncoder, add_model_args
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from common.errors import ArgumentParser, run_main  # noqa: E402
-from common.metrics import format_parity, parity  # noqa: E402
-from common.results import run_metadata, write_json  # noqa: E402
-from common.textio import read_lines  # noqa: E402
-from inference import MiniLMEncoder, add_model_args  # noqa: E402
-
 # The seed's protocol: 24 fixed texts covering scripts, punctuation, digits and lengths from one word to ~250 tokens.
 PROBE_TEXTS = [
     "Hello!",
@@ -50,22 +48,22 @@ PROBE_TEXTS = [
     "Ascend NPUs run PyTorch models through the torch_npu adapter.",
     "a",
     " ".join(["The committee reviewed the proposal in detail, weighing its costs against the expected benefits"
-              " for the community over the next decade."] * 12),  # ~270 tokens: exercises truncation at 256
+              " for the community over the next decade."] * 12),  # ~270 tokens: truncated by a limit of 256 or less
     "Sentence embeddings map text to vectors so that similar meanings land close together in the space.",
 ]
 PARITY_BATCH_SIZE = 8  # several batches, so padding between texts of different lengths is exercised
 
 
 def token_states(encoder: MiniLMEncoder, texts: list[str]) -> np.ndarray:
-    """last_hidden_state of every real (non-padding) token of every text, concatenated: (total_tokens, 384)."""
+    """last_hidden_state of every real (non-padding) token of every text, concatenated: (total_tokens, hidden)."""
     ids, _ = encoder.tokenize(texts)
     rows = []
     with torch.inference_mode():
         for start in range(0, len(ids), PARITY_BATCH_SIZE):
-            seqs = ids[start: start + PARITY_BATCH_SIZE]
-            batch = encoder.batch_tensors(seqs)
+            batch = encoder.batch_tensors(ids[start: start + PARITY_BATCH_SIZE])
             hidden = encoder.model(**batch).last_hidden_state.float().cpu()
-            rows += [hidden[i, : len(s)] for i, s in enumerate(seqs)]
+            real = batch["attention_mask"].cpu().bool()  # either padding side
+            rows += [hidden[i][real[i]] for i in range(hidden.shape[0])]
     return torch.cat(rows).double().numpy()
 
 
@@ -80,27 +78,30 @@ def main(args) -> int:
         texts += read_lines(args.file, "--file")[0]
     test = MiniLMEncoder(args.model_path, args.device, args.dtype, compile=args.compile)
     reference = MiniLMEncoder(args.model_path, "cpu", "fp32")
-    print(f"{len(texts)} texts: {test.device} {test.dtype_name}{' (compiled)' if args.compile else ''} "
-          "vs cpu fp32 reference")
+    print(f"{len(texts)} texts, {test.describe()}\n{test.device} {test.dtype_name}"
+          f"{' (compiled)' if args.compile else ''} vs cpu fp32 reference")
     got, want = measure(test, texts), measure(reference, texts)
-    report = {name: parity(got[name], want[name], test.dtype_name) for name in ("embeddings", "token_states")}
-    for name, result in report.items():
+    parts = {name: parity(got[name], want[name], test.dtype_name) for name in ("embeddings", "token_states")}
+    for name, result in parts.items():
         print(f"{name} {tuple(result['shape'])}:\n{format_parity(result)}")
-    passed = all(r["passed"] for r in report.values())
-    print(f"OVERALL: {'PASS' if passed else 'FAIL'}")
-    label = f"{test.device.type}_{test.dtype_name}{'_compiled' if args.compile else ''}"
-    output = Path(args.output or HERE / "results" / f"parity_{label}.json")
-    write_json(output, {"meta": run_metadata(test.device, test.dtype_name), "model": str(test.model_dir),
-                        "texts": len(texts), "truncated": test.last_stats.get("truncated"),
-                        "compiled": args.compile, "passed": passed, **report})
+    result = verdict(parts)
+    print(f"OVERALL: {'PASS' if result['passed'] else 'FAIL'}")
+    output = Path(args.output or default_result_path(HERE, "parity", test.model_dir, test.device, test.dtype_name,
+                                                     "_compiled" if args.compile else ""))
+    write_json(output, result_record(
+        "parity", device=test.device, dtype=test.dtype_name, model=test.model_dir,
+        headline={"passed": result["passed"]}, **result, texts=len(texts),
+        truncated=test.last_stats.get("truncated"), max_seq_length=test.max_seq_length, compiled=args.compile,
+        pipeline=test.describe()))
     print(f"wrote {output}")
-    return 0 if passed else 1
+    return 0 if result["passed"] else 1
 
 
 def build_parser() -> ArgumentParser:
-    p = ArgumentParser(description="Parity of all-MiniLM-L6-v2 on a device+dtype vs the CPU fp32 reference.")
+    p = ArgumentParser(description=f"Parity of {MODEL_CLASS} ({MODEL_NAME} or another sentence-transformers model) "
+                               "on a device+dtype vs the CPU fp32 reference.")
     p.add_argument("--file", help="extra texts, one per line, appended to the 24 built-in ones")
-    p.add_argument("--output", help="result JSON (default results/parity_<device>_<dtype>[_compiled].json)")
+    p.add_argument("--output", help="result JSON (default results/parity_<model>_<device>_<dtype>[_compiled].json)")
     return add_model_args(p)
 
 

@@ -1,10 +1,13 @@
-"""common.pooling: the padding mask must be respected by every pooler, and normalisation must be NaN-free."""
+"""common.pooling: the padding mask must be respected by every pooler, every mode must give what
+sentence-transformers' Pooling module gives (both padding sides, prompt excluded or not), and normalisation must
+be NaN-free."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from common.pooling import POOLERS, cls_pool, l2_normalize, max_pool, mean_pool
+from common.pooling import (POOLERS, cls_pool, exclude_prompt, l2_normalize, lasttoken_pool, max_pool, mean_pool,
+                            pool, pooling_modes, weightedmean_pool)
 
 HUGE = 1e30
 
@@ -82,8 +85,77 @@ def test_max_pool_all_negative_real_tokens_beat_padding():
     torch.testing.assert_close(pooled[1], hidden[1].max(dim=0).values, rtol=0, atol=0)
 
 
-def test_poolers_registry():
-    assert POOLERS == {"mean": mean_pool, "cls": cls_pool, "max": max_pool}
+def test_poolers_registry_has_every_sentence_transformers_mode():
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    assert set(POOLERS) == set(Pooling.POOLING_MODES)
+    assert POOLERS["mean"] is mean_pool and POOLERS["cls"] is cls_pool and POOLERS["max"] is max_pool
+
+
+def test_cls_pool_takes_the_first_real_token_with_left_padding():
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    torch.testing.assert_close(cls_pool(HIDDEN, mask), torch.stack([HIDDEN[0, 2], HIDDEN[1, 0]]), rtol=0, atol=0)
+
+
+def test_lasttoken_pool_right_and_left_padding():
+    torch.testing.assert_close(lasttoken_pool(HIDDEN, MASK), torch.stack([HIDDEN[0, 1], HIDDEN[1, 3]]))
+    left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    torch.testing.assert_close(lasttoken_pool(HIDDEN, left), torch.stack([HIDDEN[0, 3], HIDDEN[1, 3]]))
+
+
+def test_weightedmean_weights_count_from_the_first_real_token():
+    left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    expected = (1 * HIDDEN[0, 2] + 2 * HIDDEN[0, 3]) / 3
+    torch.testing.assert_close(weightedmean_pool(HIDDEN, left)[0], expected)
+    torch.testing.assert_close(weightedmean_pool(HIDDEN, MASK)[0], (1 * HIDDEN[0, 0] + 2 * HIDDEN[0, 1]) / 3)
+
+
+def test_exclude_prompt_zeroes_the_first_real_positions():
+    right = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    left = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
+    assert exclude_prompt(right, 2).tolist() == [[0, 0, 1, 0], [0, 0, 1, 1]]
+    assert exclude_prompt(left, 2).tolist() == [[0, 0, 0, 1], [0, 0, 1, 1]]
+    assert right.tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]  # the caller's mask is untouched
+
+
+def test_pooling_modes_reads_both_config_formats():
+    assert pooling_modes({"embedding_dimension": 8, "pooling_mode": "cls"}) == ["cls"]
+    assert pooling_modes({"pooling_mode": ["mean", "cls"]}) == ["mean", "cls"]  # the stored order is kept
+    legacy = {"word_embedding_dimension": 8, "pooling_mode_mean_tokens": True, "pooling_mode_cls_token": True,
+              "pooling_mode_max_tokens": False}
+    assert pooling_modes(legacy) == ["cls", "mean"]  # sentence-transformers' fixed legacy order
+    assert pooling_modes({"word_embedding_dimension": 8, "pooling_mode_cls_token": False}) == ["mean"]
+    with pytest.raises(ValueError, match="median"):
+        pooling_modes({"pooling_mode": "median"})
+
+
+MODE_SETS = [["cls"], ["max"], ["mean"], ["mean_sqrt_len_tokens"], ["weightedmean"], ["lasttoken"],
+             ["mean", "cls"], ["cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"]]
+
+
+@pytest.mark.parametrize("modes", MODE_SETS, ids=["+".join(m) for m in MODE_SETS])
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("prompt_length", [None, 2])
+def test_pool_matches_sentence_transformers_pooling(modes, side, prompt_length):
+    """The same numbers as sentence-transformers' own Pooling.forward on random states and ragged masks."""
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(5, 7, 6, generator=generator)
+    lengths = [7, 4, 3, 6, 5]
+    mask = torch.zeros(5, 7, dtype=torch.int64)
+    for row, n in enumerate(lengths):
+        mask[row, :n] = 1
+    if side == "left":
+        mask = mask.flip(1)
+    features = {"token_embeddings": hidden, "attention_mask": mask}
+    if prompt_length:
+        features["prompt_length"] = prompt_length
+    module = Pooling(6, modes[0] if len(modes) == 1 else modes, include_prompt=prompt_length is None)
+    want = module(features)["sentence_embedding"]
+    got = pool(hidden, mask, modes, prompt_length)
+    assert got.shape == want.shape == (5, 6 * len(modes))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
 
 
 def test_l2_normalize_unit_rows_and_zero_row():

@@ -63,6 +63,7 @@ CASES = [  # (argv builder, words the error line must contain)
     (lambda d, w: ["--text", "hi", "--model_path", corrupt_weights(d, w)], "corrupt or truncated"),
     (lambda d, w: ["--text", "hi", "--model_path", "nobody/missing-model"], "hf download nobody/missing-model"),
     (lambda d, w: ["--text", "hi", "--output", d / "emb.csv"], "must end in .npy or .jsonl"),
+    (lambda d, w: ["--text", "hi", "--max_seq_length", "2"], "max_seq_length must be >= 3"),
     (lambda d, w: [], "nothing to encode"),
 ]
 

@@ -46,9 +46,11 @@ def test_eval_accuracy_passes_on_cpu_fp32(cli, tmp_path, capsys):
     out = tmp_path / "parity.json"
     assert cli(module, "--device", "cpu", "--dtype", "fp32", "--output", out) == 0
     result = json.loads(out.read_text())
+    assert result["kind"] == "parity" and result["weights"] == "real" and result["headline"] == {"passed": True}
     assert result["passed"] is True and result["texts"] == 24 and result["truncated"] == 1
-    assert result["embeddings"]["rel_l2"] <= 1e-4 and result["embeddings"]["thresholds"]["rel_l2"] == {"max": 1e-4}
-    assert result["token_states"]["shape"][1] == 384
+    embeddings = result["parts"]["embeddings"]
+    assert embeddings["rel_l2"] <= 1e-4 and embeddings["thresholds"]["rel_l2"] == {"max": 1e-4}
+    assert result["parts"]["token_states"]["shape"][1] == 384 and result["max_seq_length"] == 256
     assert result["meta"]["dtype"] == "fp32" and result["meta"]["versions"]["torch"]
     assert "OVERALL: PASS" in capsys.readouterr().out
 
@@ -57,10 +59,10 @@ def test_eval_accuracy_bf16_uses_reduced_precision_thresholds(cli, tmp_path):
     module = load_script(FOLDER, "eval_accuracy")
     out = tmp_path / "parity.json"
     assert cli(module, "--device", "cpu", "--dtype", "bf16", "--output", out) == 0
-    result = json.loads(out.read_text())
-    assert result["embeddings"]["thresholds"]["rel_l2"] == {"max": 2e-2}
-    assert 1e-4 < result["embeddings"]["rel_l2"] < 2e-2  # really bf16: measurably different from fp32
-    assert result["embeddings"]["cosine_row_mean"] >= 0.9999
+    embeddings = json.loads(out.read_text())["parts"]["embeddings"]
+    assert embeddings["thresholds"]["rel_l2"] == {"max": 2e-2}
+    assert 1e-4 < embeddings["rel_l2"] < 2e-2  # really bf16: measurably different from fp32
+    assert embeddings["cosine_row_mean"] >= 0.9999
 
 
 def test_eval_accuracy_fails_with_exit_1_on_nan(cli, tmp_path, monkeypatch, capsys):
@@ -77,7 +79,8 @@ def test_eval_accuracy_fails_with_exit_1_on_nan(cli, tmp_path, monkeypatch, caps
     out = tmp_path / "parity.json"
     assert cli(module, "--device", "cpu", "--dtype", "fp32", "--output", out) == 1
     result = json.loads(out.read_text())
-    assert result["passed"] is False and "NaN" in result["embeddings"]["failures"][0]
+    assert result["passed"] is False and result["headline"] == {"passed": False}
+    assert "NaN" in result["parts"]["embeddings"]["failures"][0] and result["failures"][0].startswith("embeddings: ")
     assert "OVERALL: FAIL" in capsys.readouterr().out
 
 
@@ -89,19 +92,24 @@ def test_eval_stsb_subset_on_shared_data(cli, tmp_path, shared_data, capsys):
     result = json.loads(out.read_text())
     assert result["pairs"] == 300 and result["nonfinite_embeddings"] == 0
     assert 70 < result["spearman_x100"] < 95 and 70 < result["pearson_x100"] < 95
-    assert len(result["data_sha256"]) == 64
+    assert result["headline"] == {"metric": "STS-B Spearman x100", "value": result["spearman_x100"]}
+    low, high = result["spearman_ci95"]
+    assert low < result["spearman_x100"] < high and high - low < 10  # 300 pairs: a few points wide
+    assert len(result["data_sha256"]) == 64 and result["kind"] == "task"
 
 
 def test_eval_stsb_reads_jsonl_and_tsv_alike(shared_data):
-    module = load_script(FOLDER, "eval_stsb")
-    tsv = module.load_local(shared_data / "stsb" / "test.tsv")
-    jsonl = module.load_local(shared_data / "stsb" / "test.jsonl")
+    from common.stsb import load_local
+
+    tsv = load_local(shared_data / "stsb" / "test.tsv")
+    jsonl = load_local(shared_data / "stsb" / "test.jsonl")
     assert len(tsv) == len(jsonl) == 1379  # QUOTE_NONE: no rows merged by stray double quotes
     assert tsv == jsonl
 
 
-def test_benchmark_small_sweep_writes_json_and_plot(cli, tmp_path, capsys):
+def test_benchmark_small_sweep_writes_json_and_plot(cli, tmp_path, capsys, monkeypatch):
     module = load_script(FOLDER, "benchmark")
+    monkeypatch.setattr(module, "GEMM_PROBE_SIZE", 256)  # the device-peak probe: seconds on a loaded CPU otherwise
     out = tmp_path / "bench.json"
     assert cli(module, "--batch_sizes", "2,8", "--num_texts", 24, "--repeats", 2, "--device", "cpu",
                "--output", out) == 0
@@ -114,6 +122,9 @@ def test_benchmark_small_sweep_writes_json_and_plot(cli, tmp_path, capsys):
         assert row["ours"]["batch_latency"]["n"] == 2 * -(-24 // row["batch_size"])
         assert row["ours"]["batch_latency"]["p50_ms"] <= row["ours"]["batch_latency"]["p99_ms"]
     assert result["workload"]["texts"] == 24 and result["meta"]["device"] == "cpu"
+    assert result["kind"] == "benchmark" and result["headline"]["metric"] == "texts/s at batch 8"
+    assert result["headline"]["peer"] == "SentenceTransformer.encode"
+    assert result["headline"]["ratio"] == result["rows"][-1]["speedup"]
     assert out.with_suffix(".png").stat().st_size > 10_000
 
 
@@ -139,4 +150,4 @@ def test_inference_reports_nan_and_exits_1(inference, cli, tmp_path, monkeypatch
 def test_readme_tables_are_generated_from_the_result_files():
     from common import report
 
-    assert report.main([str(load_script(FOLDER, "inference").HERE), "--check"]) == 0
+    assert report.cli([str(load_script(FOLDER, "inference").HERE), "--check"]) == 0
