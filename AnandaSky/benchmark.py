@@ -1,7 +1,7 @@
 """AnandaSky speed: load time, per-image latency percentiles, generated tokens/s and peak memory over image sizes.
 
-    python benchmark.py --model-path models/AnandaSky --device npu                       # bf16 on accelerators
-    python benchmark.py --model-path test_checkpoint --sizes 32x256 64x1024 --images 6    # the CPU test checkpoint
+    python benchmark.py --model_path models/AnandaSky --device npu                       # bf16 on accelerators
+    python benchmark.py --model_path test_checkpoint --sizes 32x256 64x1024 --images 6    # the CPU test checkpoint
 
 For every size (height x width of a rendered text line; the uw3_500 lines are 28-88 px high and up to 2,227 px
 wide) the same `--images` images are recognised two ways, interleaved so that machine drift hits both:
@@ -10,7 +10,9 @@ wide) the same `--images` images are recognised two ways, interleaved so that ma
     every size generates the same amount), and decode tokens/s = (new_tokens - 1) / (E2E - TTFT);
   * packed: all the size's images in one call, their patches packed into one vision-encoder pass (the code that
     replaced flash_attn_varlen_func) and their prompts left-padded into one generate: images/s, as a ratio to single.
-There is no other implementation to compare with: the upstream code needs flash_attn, which does not run here.
+There is no other implementation to compare with: the upstream code needs flash_attn, which does not run here. The
+headline ratio is packed / single images/s at the largest size (most pixels): the conservative one, since packing
+gains most on small images (every size's ratio is in the JSON).
 """
 from __future__ import annotations
 
@@ -18,17 +20,16 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from common.device import peak_memory, reset_peak_memory, synchronize
+from common.errors import ArgumentParser, UserError, non_negative_int, positive_int, run_main
+from common.results import default_result_path, model_tag, result_record, save_figure, write_json
+from common.timing import Stopwatch, summarize
+from inference import DEFAULT_PROMPT, AnandaSkyOCR, add_model_args
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # the repo root, for `common`
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from common.device import peak_memory, reset_peak_memory, synchronize  # noqa: E402
-from common.errors import ArgumentParser, UserError, non_negative_int, positive_int, run_main  # noqa: E402
-from common.results import run_metadata, save_figure, write_json  # noqa: E402
-from common.timing import Stopwatch, summarize  # noqa: E402
-from inference import DEFAULT_PROMPT, AnandaSkyOCR, add_model_args  # noqa: E402
 
 DEFAULT_SIZES = ("32x256", "48x640", "64x1280", "80x2048")  # height x width in pixels: short to page-wide lines
 DEFAULT_IMAGES = 8  # images per size (each timed alone, then all packed in one call)
@@ -128,7 +129,7 @@ def plot(result: dict, path: Path) -> None:
     right.set(xlabel="image height x width (px)", ylabel="images / s", title="throughput")
     right.legend(fontsize=8)
     meta = result["meta"]
-    fig.suptitle(f"{result['model']} on {meta['device_name']}, {meta['dtype']}, "
+    fig.suptitle(f"{result['model_name']} on {meta['device_name']}, {meta['dtype']}, "
                  f"{result['settings']['new_tokens']} new tokens per image", fontsize=9)
     save_figure(fig, path)
 
@@ -138,11 +139,12 @@ def build_parser() -> ArgumentParser:
     add_model_args(parser)
     parser.add_argument("--sizes", nargs="+", default=list(DEFAULT_SIZES), help="HEIGHTxWIDTH of the line images")
     parser.add_argument("--images", type=positive_int, default=DEFAULT_IMAGES, help="images per size")
-    parser.add_argument("--new-tokens", "--new_tokens", dest="new_tokens", type=positive_int,
-                        default=DEFAULT_NEW_TOKENS, help="tokens generated per image (EOS ignored)")
+    parser.add_argument("--new_tokens", type=positive_int, default=DEFAULT_NEW_TOKENS,
+                        help="tokens generated per image (EOS ignored)")
     parser.add_argument("--warmup", type=non_negative_int, default=DEFAULT_WARMUP)
-    parser.add_argument("--output", default=None, help="result JSON (default results/benchmark_<model>_<dev>_<dtype>)")
-    parser.add_argument("--no-plot", "--no_plot", dest="no_plot", action="store_true")
+    parser.add_argument("--output", default=None,
+                        help="result JSON (default results/benchmark_<model>_<device>_<dtype>.json)")
+    parser.add_argument("--no_plot", action="store_true")
     return parser
 
 
@@ -154,8 +156,7 @@ def main(args) -> int:
     ocr = AnandaSkyOCR(args.model_path, device=args.device, dtype=args.dtype)
     synchronize(ocr.device)
     load_s = time.perf_counter() - began
-    model_name = ocr.folder.name
-    output = Path(args.output or HERE / "results" / f"benchmark_{model_name}_{ocr.device.type}_{ocr.dtype_name}.json")
+    output = Path(args.output or default_result_path(HERE, "benchmark", ocr.folder, ocr.device, ocr.dtype_name))
     reset_peak_memory(ocr.device)
     warm = line_images(*sizes[0], 1)
     for _ in range(args.warmup):
@@ -167,11 +168,15 @@ def main(args) -> int:
                                                               args.new_tokens)})
     memory = peak_memory(ocr.device)
     weights_mib = sum(p.numel() * p.element_size() for p in ocr.model.parameters()) / 2**20
-    result = {"meta": run_metadata(ocr.device, ocr.dtype_name), "model": model_name, "model_path": str(ocr.folder),
-              "settings": {"images": args.images, "new_tokens": args.new_tokens, "warmup": args.warmup,
-                           "prompt": DEFAULT_PROMPT},
-              "load_s": load_s, "parameters": ocr.num_parameters(), "sizes": rows,
-              "memory": {**memory, "weights_mib": weights_mib}}
+    largest = max(rows, key=lambda r: np.prod(parse_size(r["size"])))
+    headline = {"metric": f"images/s packed vs one at a time ({args.images} images at the largest size, "
+                          f"{largest['size']})", "peer": "single-image generate", "ratio": largest["packed_speedup"]}
+    result = result_record("benchmark", device=ocr.device, dtype=ocr.dtype_name, model=ocr.folder, headline=headline,
+                           model_name=model_tag(ocr.folder), model_path=str(ocr.folder),
+                           settings={"images": args.images, "new_tokens": args.new_tokens, "warmup": args.warmup,
+                                     "prompt": DEFAULT_PROMPT},
+                           load_s=load_s, parameters=ocr.num_parameters(), sizes=rows,
+                           memory={**memory, "weights_mib": weights_mib})
     write_json(output, result)
     if not args.no_plot:
         plot(result, output.with_suffix(".png"))

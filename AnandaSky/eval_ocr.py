@@ -1,8 +1,8 @@
 """Character and word error rate of AnandaSky on a folder of text-line images with a `labels.tsv`, resumable.
 
-    python eval_ocr.py --model-path models/AnandaSky --data ../../shared/data/ocr/uw3_500/
-    python eval_ocr.py --model-path models/AnandaSky --data ../../shared/data/ocr/uw3_500/ --limit 50 --resume
-    python eval_ocr.py --model-path test_checkpoint --data ../../shared/data/ocr/uw3_500/ --limit 8   # pipeline only
+    python eval_ocr.py --model_path models/AnandaSky --data ../../shared/data/ocr/uw3_500/
+    python eval_ocr.py --model_path models/AnandaSky --data ../../shared/data/ocr/uw3_500/ --limit 50 --resume
+    python eval_ocr.py --model_path test_checkpoint --data ../../shared/data/ocr/uw3_500/ --limit 8   # pipeline only
 
 Data: `labels.tsv` with a header `image<TAB>text`, image paths relative to the folder (the layout of
 `shared/data/ocr/uw3_500/`: 500 printed English lines). One of those images is rotated 90 degrees (the text runs
@@ -12,8 +12,10 @@ before recognition, and the sample records that it was.
 Scoring: both sides are stripped and runs of whitespace become one space (the transcriptions keep line-end hyphens,
 so nothing else is changed). CER = total character edits (Levenshtein) / total reference characters; WER the same
 over space-separated words; both are corpus-level (long lines weigh more), and the mean per-line CER and the share of
-exactly recognised lines are reported beside them. Every line is appended to a JSONL log as it finishes; --resume
-continues that log (a torn last line from a crash is dropped), so nothing is lost or counted twice.
+exactly recognised lines are reported beside them, and a 95% bootstrap interval of the corpus CER over lines (two
+CERs whose intervals overlap are not shown to differ by this sample). The headline is the CER in percent. Every line
+is appended to a JSONL log as it finishes; --resume continues that log (a torn last line from a crash is dropped),
+so nothing is lost or counted twice.
 """
 from __future__ import annotations
 
@@ -21,13 +23,15 @@ import csv
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from common.device import dtype_name, resolve_device, resolve_dtype
+from common.errors import ArgumentParser, UserError, positive_int, run_main
+from common.results import append_run_record, default_result_path, open_run_log, result_record, write_json
+from inference import DEFAULT_PROMPT, AnandaSkyOCR, add_model_args, read_image, resolve_folder
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # the repo root, for `common`
-
-from common.errors import ArgumentParser, UserError, positive_int, run_main  # noqa: E402
-from common.results import append_run_record, open_run_log, run_metadata, write_json  # noqa: E402
-from inference import DEFAULT_PROMPT, AnandaSkyOCR, add_model_args, read_image  # noqa: E402
-
+BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED = 1000, 0  # the CER interval: resampled line sets, seeded (same data, same interval)
 DEFAULT_BATCH_SIZE = 8  # lines per recognize() call: their images are packed into one vision-encoder pass
 DEFAULT_MAX_NEW_TOKENS = 128  # the longest uw3_500 line has 167 characters, roughly 50 Qwen3 tokens
 ROTATE_ASPECT = 2.0  # --rotate auto turns an image whose height exceeds this many widths (a vertical text line)
@@ -58,12 +62,24 @@ def score_line(hypothesis: str, reference: str) -> dict:
             "exact": hyp == ref}
 
 
+def cer_interval(samples: list[dict]) -> dict | None:
+    """95% bootstrap interval of the corpus CER: lines resampled with replacement, CER of each resample."""
+    if len(samples) < 2:
+        return None
+    errors = np.array([s["char_errors"] for s in samples], dtype=np.float64)
+    chars = np.array([s["ref_chars"] for s in samples], dtype=np.float64)
+    picks = np.random.default_rng(BOOTSTRAP_SEED).integers(0, len(samples), (BOOTSTRAP_SAMPLES, len(samples)))
+    cers = errors[picks].sum(1) / np.maximum(chars[picks].sum(1), 1)
+    return {"low": float(np.percentile(cers, 2.5)), "high": float(np.percentile(cers, 97.5))}
+
+
 def summarize(samples: list[dict]) -> dict:
-    """Corpus-level CER/WER (edits over reference length) plus the mean per-line CER and the exact-line rate."""
+    """Corpus-level CER/WER (edits over reference length) with the CER's bootstrap interval, plus the mean per-line
+    CER and the exact-line rate."""
     n = len(samples)
     chars, words = sum(s["ref_chars"] for s in samples), sum(s["ref_words"] for s in samples)
     return {"num_lines": n,
-            "cer": sum(s["char_errors"] for s in samples) / max(chars, 1),
+            "cer": sum(s["char_errors"] for s in samples) / max(chars, 1), "cer_ci95": cer_interval(samples),
             "wer": sum(s["word_errors"] for s in samples) / max(words, 1),
             "cer_line_mean": sum(s["char_errors"] / max(s["ref_chars"], 1) for s in samples) / max(n, 1),
             "exact_line_rate": sum(s["exact"] for s in samples) / max(n, 1),
@@ -123,14 +139,13 @@ def build_parser() -> ArgumentParser:
     add_model_args(parser)
     parser.add_argument("--data", required=True, help="folder with labels.tsv and the images it lists")
     parser.add_argument("--limit", type=positive_int, default=None, help="first N lines only")
-    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=positive_int,
-                        default=DEFAULT_BATCH_SIZE)
-    parser.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=positive_int,
-                        default=DEFAULT_MAX_NEW_TOKENS)
+    parser.add_argument("--batch_size", type=positive_int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--max_new_tokens", type=positive_int, default=DEFAULT_MAX_NEW_TOKENS)
     parser.add_argument("--prompt", default=DEFAULT_PROMPT)
     parser.add_argument("--rotate", choices=["auto", "none"], default="auto",
                         help="auto: turn vertical lines clockwise (default)")
-    parser.add_argument("--output", default=None, help="summary JSON (default results/ocr_<model>_<data>.json)")
+    parser.add_argument("--output", default=None,
+                        help="summary JSON (default results/task_<model>_<device>_<dtype>_ocr_<data>.json)")
     parser.add_argument("--resume", action="store_true", help="continue the JSONL log of an interrupted run")
     return parser
 
@@ -138,19 +153,22 @@ def build_parser() -> ArgumentParser:
 def main(args) -> int:
     from tqdm import tqdm
 
-    folder, items = load_labels(args.data)
-    items = items[: args.limit] if args.limit else items
+    folder, all_items = load_labels(args.data)
+    items = all_items[: args.limit] if args.limit else all_items
     missing = [item["image"] for item in items if not (folder / item["image"]).is_file()]
     if missing:  # checked before the model loads, not 400 lines into the run
         raise UserError(f"{len(missing)} image(s) listed in {folder / 'labels.tsv'} do not exist, the first: "
                         f"{str(folder / missing[0])!r}; check --data")
-    model_name = Path(str(args.model_path or "AnandaSky").rstrip("/")).name
-    output = Path(args.output or HERE / "results" / f"ocr_{model_name}_{folder.name}.json")
+    model = resolve_folder(args.model_path)
+    device = resolve_device(args.device)  # resolved before the model loads: a bad device fails at once
+    output = Path(args.output or default_result_path(HERE, "task", model, device,
+                                                     dtype_name(resolve_dtype(args.dtype, device)),
+                                                     f"_ocr_{folder.name}"))
     log = output.with_suffix(".jsonl")
     config = {"data": folder.name, "num_lines": len(items), "model_path": args.model_path, "dtype": args.dtype,
               "prompt": args.prompt, "max_new_tokens": args.max_new_tokens, "rotate": args.rotate}
     records = open_run_log(log, config, args.resume, "eval_ocr.py")  # before the model loads: fail fast
-    ocr = AnandaSkyOCR(args.model_path, device=args.device, dtype=args.dtype)
+    ocr = AnandaSkyOCR(model, device=args.device, dtype=args.dtype)
     done = {r["image"] for r in records}
     todo = [item for item in items if item["image"] not in done]
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc="ocr", unit="line", file=sys.stderr)
@@ -163,10 +181,15 @@ def main(args) -> int:
         bar.set_postfix(cer=f"{running['cer']:.3f}", wer=f"{running['wer']:.3f}")
     bar.close()
     results = summarize(records)
-    write_json(output, {"meta": run_metadata(ocr.device, ocr.dtype_name), "config": config, "log": str(log),
-                        "results": results})
-    print(f"{results['num_lines']} lines: CER {results['cer']:.4f}  WER {results['wer']:.4f}  "
-          f"exact lines {results['exact_line_rate']:.4f}  (rotated: {len(results['rotated'])})")
+    subset = f" (first {len(items)} of {len(all_items)} lines)" if len(items) < len(all_items) else ""
+    headline = {"metric": f"CER % on {folder.name}{subset}", "value": 100 * results["cer"]}
+    write_json(output, result_record("task", device=ocr.device, dtype=ocr.dtype_name, model=model, headline=headline,
+                                     config=config, log=str(log), results=results))
+    interval = results["cer_ci95"]
+    print(f"{results['num_lines']} lines: CER {results['cer']:.4f}"
+          + (f" (95% CI {interval['low']:.4f}-{interval['high']:.4f})" if interval else "")
+          + f"  WER {results['wer']:.4f}  exact lines {results['exact_line_rate']:.4f}  "
+          f"(rotated: {len(results['rotated'])})")
     print(f"wrote {output} and {log}")
     return 0
 

@@ -1,9 +1,9 @@
 """AnandaSky OCR (image -> text) on any device (Ascend NPU, CUDA, MPS, CPU), without flash_attn.
 
     python make_test_checkpoint.py --output test_checkpoint                  # random weights, for trying it out
-    python inference.py --model-path test_checkpoint --image line1.png line2.png
-    python inference.py --model-path models/AnandaSky --device npu --dtype bf16 --image page.jpg --max-new-tokens 256
-    python inference.py --model-path models/AnandaSky --device npu --eval       # parity vs CPU fp32, PASS/FAIL
+    python inference.py --model_path test_checkpoint --image line1.png line2.png
+    python inference.py --model_path models/AnandaSky --device npu --dtype bf16 --image page.jpg --max_new_tokens 256
+    python inference.py --model_path models/AnandaSky --device npu --eval       # = eval_accuracy.py: PASS/FAIL
 
 Python:
     from inference import AnandaSkyOCR
@@ -12,11 +12,9 @@ Python:
     ocr.logits(pil_image)                                       # prefill logits (seq_len, vocab), float32, CPU
 
 The model code is always this folder's modeling_anandasky_patched.py (imported here, then `from_pretrained`), never
-the modeling file inside the weights folder: the upstream file there needs flash_attn. `--model-path` defaults to
-$ANANDASKY_MODEL_PATH; there is no hub download. `--eval` runs the device and dtype under test and a CPU
-float32 reference on fixed rendered text images (plus any --image) and compares, with `common.metrics.parity`,
-the vision features and the prefill logits at the text positions (why not the image positions: `parity_parts`).
-The verdicts and their thresholds go to results/eval_results.json (or --output). Exit 0 on PASS, 1 on FAIL.
+the modeling file inside the weights folder: the upstream file there needs flash_attn. `--model_path` defaults to
+$ANANDASKY_MODEL_PATH; there is no hub download. `--eval` is the seed's spelling of `eval_accuracy.py` (the device
+and dtype under test against a CPU float32 reference; same flags, same result file, exit 1 on FAIL).
 """
 from __future__ import annotations
 
@@ -26,54 +24,52 @@ import os
 import sys
 from pathlib import Path
 
+import torch
+
+from common.device import dtype_name, resolve_device, resolve_dtype
+from common.errors import ArgumentParser, UserError, first_line, positive_int, run_main
+from common.model_path import check_weights
+from modeling_anandasky_patched import AnandaSkyForConditionalGeneration
+from processor import AnandaSkyProcessor, ImageError, check_prompt, load_image
+
+# The port's identity: `python -m common.new_port` rewrites these lines when it copies this folder.
+MODEL_NAME = "AnandaSky"  # headings, messages, result labels
+DEFAULT_MODEL = "$ANANDASKY_MODEL_PATH"  # --model_path default: this environment variable, read at run time
+MODEL_FAMILY = "custom"  # sentence-transformers | seq2seq | causal-lm | (AnandaSky: custom)
+MODEL_CLASS = "AnandaSkyOCR"  # the class users import
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # the repo root, for `common`
-
-import torch  # noqa: E402
-
-from common.device import dtype_name, resolve_device, resolve_dtype  # noqa: E402
-from common.errors import ArgumentParser, UserError, first_line, positive_int, run_main  # noqa: E402
-from common.metrics import format_parity, parity  # noqa: E402
-from common.model_path import check_weights  # noqa: E402
-from common.results import run_metadata, write_json  # noqa: E402
-from modeling_anandasky_patched import AnandaSkyForConditionalGeneration  # noqa: E402
-from processor import AnandaSkyProcessor, ImageError, check_prompt, load_image  # noqa: E402
-
-ENV_MODEL_PATH = "ANANDASKY_MODEL_PATH"  # used when --model-path is not given
+ENV_MODEL_PATH = DEFAULT_MODEL.lstrip("$")  # the real weights are not public: no hub id to fall back on
+MODEL_TYPE = "anandasky"  # config.json's model_type: anything else is refused
 DEFAULT_PROMPT = "Recognize the text in this image."
 DEFAULT_MAX_NEW_TOKENS = 128  # a long printed line is ~80 characters, ~30-60 tokens
 DEFAULT_BATCH_SIZE = 8  # images per generate call; all of a batch go through the vision encoder in one pass
-DEFAULT_EVAL_OUTPUT = HERE / "results" / "eval_results.json"
-# --eval's fixed inputs: text rendered in-script (a wide line, a small label, a 3-line block; font size in pixels),
-# each with --prompt and the second prompt. Pooled, they give ~120 text positions for the top-1 criterion.
-EVAL_TEXTS = (("The quick brown fox jumps over the lazy dog. 0123456789", 22), ("Invoice 4471-B: $1,284.50", 13),
-              ("Chapter One.\nIt was a bright cold day in April,\nand the clocks were striking thirteen.", 18))
-EVAL_PROMPTS = (DEFAULT_PROMPT, "Transcribe the text exactly, keeping line breaks.")
 BUILD_HINT = "python make_test_checkpoint.py --output test_checkpoint"
 
 
 def resolve_folder(model_path: str | None) -> Path:
-    """The weights folder from --model-path or $ANANDASKY_MODEL_PATH, checked; UserError with the fix otherwise."""
-    spec = model_path or os.environ.get(ENV_MODEL_PATH)
-    if not spec:
-        raise UserError(f"no model given: pass --model-path FOLDER (the AnandaSky weights folder) or set "
+    """The weights folder from --model_path or DEFAULT_MODEL (environment variables expanded), checked; UserError
+    with the fix otherwise."""
+    spec = str(model_path) if model_path else os.path.expandvars(DEFAULT_MODEL)
+    if not spec or "$" in spec:  # the variable is unset
+        raise UserError(f"no model given: pass --model_path FOLDER (the {MODEL_NAME} weights folder) or set "
                         f"{ENV_MODEL_PATH}; for a random-weight test checkpoint run `{BUILD_HINT}` in "
-                        f"{HERE.name}/ and pass --model-path test_checkpoint")
+                        f"{HERE.name}/ and pass --model_path test_checkpoint")
     folder = Path(spec).expanduser()
     if not folder.exists():
-        raise UserError(f"model folder {spec!r} does not exist; pass the AnandaSky weights folder (or build a test "
-                        f"one with `{BUILD_HINT}`)")
+        raise UserError(f"model folder {spec!r} does not exist; pass the {MODEL_NAME} weights folder (or build a "
+                        f"test one with `{BUILD_HINT}`)")
     if not folder.is_dir():
-        raise UserError(f"--model-path {spec!r} is a file; pass the folder that holds config.json and the weights")
+        raise UserError(f"--model_path {spec!r} is a file; pass the folder that holds config.json and the weights")
     config = folder / "config.json"
     if not config.is_file():
-        raise UserError(f"model folder {spec!r} has no config.json; pass a complete AnandaSky weights folder")
+        raise UserError(f"model folder {spec!r} has no config.json; pass a complete {MODEL_NAME} weights folder")
     try:
         model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
     except (ValueError, UnicodeDecodeError):
         raise UserError(f"{str(config)!r} is not valid JSON; download the model again") from None
-    if model_type != "anandasky":
-        raise UserError(f"{spec!r} holds a {model_type!r} model, not AnandaSky (model_type 'anandasky')")
+    if model_type != MODEL_TYPE:
+        raise UserError(f"{spec!r} holds a {model_type!r} model, not {MODEL_NAME} (model_type {MODEL_TYPE!r})")
     return check_weights(folder)
 
 
@@ -170,77 +166,9 @@ class AnandaSkyOCR:
         return out.logits[0].float().cpu()
 
 
-def render_text_image(text: str, size: int = 22):
-    """A deterministic text image: black text on white with a margin, drawn with PIL's bundled font."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    try:
-        font = ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: only the small bitmap font
-        font = ImageFont.load_default()
-    left, top, right, bottom = ImageDraw.Draw(Image.new("RGB", (1, 1))).multiline_textbbox((0, 0), text, font=font)
-    image = Image.new("RGB", (right - left + 24, bottom - top + 16), "white")
-    ImageDraw.Draw(image).multiline_text((12 - left, 8 - top), text, fill="black", font=font)
-    return image
-
-
-def parity_parts(test: AnandaSkyOCR, reference: AnandaSkyOCR, inputs: list) -> tuple[dict, list]:
-    """{"vision": ..., "logits": ...} parity over all (image, prompt) inputs, and the positions scored per input.
-
-    vision: the encoder + bridge output for every patch, the code that replaced flash_attn_varlen_func.
-    logits: the prefill logits at the text positions. The <|image_pad|> positions are left out: nothing reads their
-    logits (generation continues from the last position, training masks them with -100), so in a trained model they
-    are untrained, near-flat noise whose top-1 is decided by rounding; their effect on the text is still scored,
-    since every later text position attends to the image.
-    """
-    got = [test.prefill(image, prompt) for image, prompt in inputs]
-    want = [reference.prefill(image, prompt) for image, prompt in inputs]
-    text = [~w["is_image_token"] for w in want]
-    parts = {
-        "vision": parity(torch.cat([g["image_features"] for g in got]),
-                         torch.cat([w["image_features"] for w in want]), test.dtype_name),
-        "logits": parity(torch.cat([g["logits"][m] for g, m in zip(got, text)]),
-                         torch.cat([w["logits"][m] for w, m in zip(want, text)]), test.dtype_name, logits=True),
-    }
-    positions = [{"text_positions": int(m.sum()), "image_patches": len(w["image_features"])}
-                 for w, m in zip(want, text)]
-    return parts, positions
-
-
-def eval_inputs(args) -> list[tuple[str, object, str]]:
-    """(name, image, prompt) for --eval: the rendered texts and any --image, each with every prompt."""
-    images = [(f"rendered: {text!r} at {size}px", render_text_image(text, size)) for text, size in EVAL_TEXTS]
-    images += [(str(path), read_image(path)) for path in args.image or []]
-    prompts = list(dict.fromkeys((args.prompt, *EVAL_PROMPTS)))  # --prompt first, no repeats
-    return [(name, image, prompt) for name, image in images for prompt in prompts]
-
-
-def run_eval(args) -> int:
-    """Parity of --device/--dtype against CPU float32; writes the JSON; 0 on PASS, 1 on FAIL."""
-    folder = resolve_folder(args.model_path)
-    inputs = eval_inputs(args)
-    valid_prompt(args.prompt)
-    test = AnandaSkyOCR(folder, args.device, args.dtype)
-    reference = AnandaSkyOCR(folder, "cpu", "fp32")
-    parts, positions = parity_parts(test, reference, [(image, prompt) for _, image, prompt in inputs])
-    passed = all(part["passed"] for part in parts.values())
-    print(f"{len(inputs)} inputs (image x prompt): {test.device} {test.dtype_name} vs cpu fp32 reference ({folder})")
-    for name, part in parts.items():
-        print(f"{name}:\n{format_parity(part)}")
-    print(f"overall: {'PASS' if passed else 'FAIL'}")
-    described = [{"image": name, "size_wh": list(image.size), "prompt": prompt, **pos}
-                 for (name, image, prompt), pos in zip(inputs, positions)]
-    output = Path(args.output) if args.output else DEFAULT_EVAL_OUTPUT
-    write_json(output, {"meta": run_metadata(test.device, test.dtype_name), "model_path": str(folder),
-                        "inputs": described, "num_parameters": test.num_parameters(), "passed": passed, **parts})
-    print(f"wrote {output}")
-    return 0 if passed else 1
-
-
 def add_model_args(parser: ArgumentParser) -> None:
-    """--model-path, --device, --dtype: shared by every script of this folder (underscore spellings accepted)."""
-    parser.add_argument("--model-path", "--model_path", dest="model_path", default=None,
-                        help=f"AnandaSky weights folder (default ${ENV_MODEL_PATH})")
+    """--model_path, --device, --dtype: shared by every script of this folder (either spelling, see ArgumentParser)."""
+    parser.add_argument("--model_path", default=None, help=f"{MODEL_NAME} weights folder (default {DEFAULT_MODEL})")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | npu[:N] | mps")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on accelerators, fp32 on CPU) | fp32 | bf16 | fp16")
 
@@ -250,19 +178,20 @@ def build_parser() -> ArgumentParser:
     add_model_args(parser)
     parser.add_argument("--image", nargs="+", default=None, help="image file(s) to read (PNG, JPEG, ...)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="instruction given with each image")
-    parser.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=positive_int,
-                        default=DEFAULT_MAX_NEW_TOKENS)
-    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=positive_int,
-                        default=DEFAULT_BATCH_SIZE, help="images per generate call")
-    parser.add_argument("--eval", action="store_true", help="parity of --device/--dtype vs CPU fp32 (PASS/FAIL)")
-    parser.add_argument("--output", default=None, help=f"--eval result file (default {DEFAULT_EVAL_OUTPUT.name} "
-                        "in results/)")
+    parser.add_argument("--max_new_tokens", type=positive_int, default=DEFAULT_MAX_NEW_TOKENS)
+    parser.add_argument("--batch_size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="images per generate call")
+    parser.add_argument("--eval", action="store_true",
+                        help="run eval_accuracy.py: parity of --device/--dtype vs CPU fp32 (PASS/FAIL)")
+    parser.add_argument("--output", default=None,
+                        help="--eval result file (default results/parity_<model>_<device>_<dtype>.json)")
     return parser
 
 
 def main(args) -> int:
-    if args.eval:
-        return run_eval(args)
+    if args.eval:  # the seed's spelling of eval_accuracy.py, with the same arguments
+        import eval_accuracy  # this folder's script (imported here: it imports this module)
+
+        return eval_accuracy.main(args)
     folder = resolve_folder(args.model_path)
     if not args.image:
         raise UserError("pass --image PATH [PATH ...] to read text from images (or --eval for the parity check)")

@@ -1,6 +1,6 @@
 """Build a random-weight AnandaSky checkpoint (the full architecture, ~41M parameters) for tests and CI.
 
-    python make_test_checkpoint.py --output test_checkpoint     # then: inference.py --model-path test_checkpoint
+    python make_test_checkpoint.py --output test_checkpoint     # then: inference.py --model_path test_checkpoint
 
 The real weights are not public. This folder has everything a real one has, loaded through the same code paths:
 config.json (with auto_map, so `AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)` works),
@@ -10,6 +10,7 @@ The vision encoder and the bridge's input have the real sizes (768 wide, 4 layer
 decoder is shrunk (3 layers, hidden 512) but keeps head_dim 128, grouped-query attention (4 query / 2 KV heads)
 and the tied embedding. Random weights (the embedding scaled so that predictions are peaked, see EMBED_STD): the
 text is gibberish, the code path is real. Seeded: the same bytes on every build. A few seconds on a laptop CPU.
+The folder is marked as a test checkpoint (test_checkpoint.json), so results measured on it never say "real".
 """
 from __future__ import annotations
 
@@ -17,14 +18,12 @@ import json
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # the repo root, for `common`
+import torch
 
-import torch  # noqa: E402
-
-from common.errors import ArgumentParser, run_main  # noqa: E402
-from modeling_anandasky_patched import AnandaSkyConfig, AnandaSkyForConditionalGeneration  # noqa: E402
-from processor import AnandaSkyProcessor  # noqa: E402
+from common.errors import ArgumentParser, run_main
+from common.results import mark_test_checkpoint
+from modeling_anandasky_patched import AnandaSkyConfig, AnandaSkyForConditionalGeneration
+from processor import AnandaSkyProcessor
 
 SEED = 0  # fixed weights: every build gives the same checkpoint
 VOCAB_TARGET = 3072  # BPE vocabulary to learn (special tokens and the 256 bytes included)
@@ -150,6 +149,7 @@ def build(out_dir) -> Path:
     AnandaSkyProcessor(tokenizer).save_pretrained(folder)  # preprocessor_config.json and the tokenizer files
     portable_tokenizer_class(folder)
     (folder / "parameter_counts.json").write_text(json.dumps(counts, indent=2) + "\n", encoding="utf-8")
+    mark_test_checkpoint(folder, seed=SEED, parameters=counts["total"], built_by=Path(__file__).name)
     return folder
 
 

@@ -29,10 +29,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # the repo root, for `common`
-
-from common.errors import ArgumentParser, UserError, positive_int, run_main  # noqa: E402
+from common.errors import ArgumentParser, UserError, positive_int, run_main
 
 DEFAULT_TIMEOUT_S = 60  # per request; a cold server's first image request can take a while
 TEXT_PROMPT = "Reply with the word OK."
@@ -207,12 +204,12 @@ def format_line(result: dict) -> str:
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--base-url", "--base_url", dest="base_url", required=True,
+    parser.add_argument("--base_url", required=True,
                         help="the server, e.g. http://127.0.0.1:8000 (a trailing /v1 is fine)")
     parser.add_argument("--model", required=True, help="the served model name (vllm serve --served-model-name)")
     parser.add_argument("--image", default=None, help="image for the OCR check (default: a rendered line of text)")
     parser.add_argument("--timeout", type=positive_int, default=DEFAULT_TIMEOUT_S, help="seconds per request")
-    parser.add_argument("--api-key", "--api_key", dest="api_key", default=None, help="sent as a bearer token")
+    parser.add_argument("--api_key", default=None, help="sent as a bearer token")
     parser.add_argument("--output", default=None, help="write the checks and run metadata to this JSON file")
     return parser
 

@@ -14,9 +14,12 @@ of --batch_size, one after the other (no concurrency); a request's times are tho
   * peak device memory (CPU: process peak RSS) next to the weights' own size, parameters x bytes per element.
 Paths: `generate` is `model.generate(...)` with its default dynamic cache; `static` is this port's loop: a
 StaticCache sized for the request, prefill, then a torch.compile'd one-token step (greedy argmax, no logits
-processors; on CPU with inductor freezing and the C++ wrapper). Compilation runs in the warm-up and is reported separately. Under greedy decoding both must give the
-same tokens; the number of identical requests is recorded, and where two continuations part, the gap between the
-two tokens' logits in an eager full forward shows whether it is a near-tie flipped by fp32 summation order.
+processors; on CPU with inductor freezing and the C++ wrapper). Compilation runs in the warm-up and is reported
+separately. Both paths decode by plain argmax (the checkpoint's generation_config processors, such as Qwen2.5's
+repetition penalty, are switched off for `generate`), so both must give the same tokens. The identical requests are
+counted, and where two continuations part, both paths are replayed teacher-forced on generate's tokens: the parting
+must start at a near-tie (common.metrics.near_tie, the rule every parity check here shares: generate's margin
+between the two tokens is within NEAR_TIE_FACTOR x the largest difference between the two paths' logits there).
 The copy bandwidth of a 256 MiB tensor is measured too: weights / bandwidth bounds the decode step from below.
 """
 from __future__ import annotations
@@ -25,19 +28,18 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from common.device import peak_memory, reset_peak_memory, synchronize
+from common.errors import ArgumentParser, UserError, non_negative_int, positive_int, run_main
+from common.metrics import NEAR_TIE_FACTOR, first_divergence, near_tie
+from common.results import default_result_path, model_tag, result_record, save_figure, write_json
+from common.timing import summarize
+from inference import CausalLM, add_model_args, check_context, plain_greedy
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from common.device import peak_memory, reset_peak_memory, synchronize  # noqa: E402
-from common.errors import ArgumentParser, UserError, non_negative_int, positive_int, run_main  # noqa: E402
-from common.results import run_metadata, save_figure, write_json  # noqa: E402
-from common.timing import summarize  # noqa: E402
-from inference import CausalLM, add_model_args  # noqa: E402
-
-SEED = 0
+SEED = 0  # the random prompts: every run times the same work
 PATHS = ("generate", "static")
 
 
@@ -71,10 +73,9 @@ def run_generate(lm: CausalLM, ids: torch.Tensor, out_tokens: int):
     ids = ids.to(lm.device)
     synchronize(lm.device)
     start = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), plain_greedy(lm.model):
         out = lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=out_tokens,
-                                min_new_tokens=out_tokens, do_sample=False, temperature=None, top_p=None,
-                                top_k=None, pad_token_id=lm.tokenizer.pad_token_id, streamer=clock)
+                                min_new_tokens=out_tokens, do_sample=False, streamer=clock)
     return out[:, ids.shape[1]:].cpu(), start, clock.times
 
 
@@ -97,13 +98,19 @@ class StaticDecoder:
         self.cache, self.cache_key = None, None
 
     def _pick(self, logits: torch.Tensor) -> torch.Tensor:
-        """Greedy token of the last position with end-of-sequence masked out (-inf), as min_new_tokens does."""
-        return logits[:, -1].index_fill(-1, self.banned, float("-inf")).argmax(-1, keepdim=True)
+        """Greedy token from next-token logits (batch, vocab) with end-of-sequence masked out (-inf), as
+        min_new_tokens does."""
+        return logits.index_fill(-1, self.banned, float("-inf")).argmax(-1, keepdim=True)
 
     def _step(self, token, position, cache):
-        logits = self.model(input_ids=token, position_ids=position[None].expand(token.shape[0], 1),
-                            cache_position=position, past_key_values=cache, use_cache=True).logits
-        return self._pick(logits)
+        """One token per row through the model with the static cache: the next-token logits (batch, vocab). The
+        logits, not the pick, leave the compiled graph, so the divergence check can replay this very step."""
+        return self.model(input_ids=token, position_ids=position[None].expand(token.shape[0], 1),
+                          cache_position=position, past_key_values=cache, use_cache=True).logits[:, -1]
+
+    def _prefill(self, ids: torch.Tensor, cache) -> torch.Tensor:
+        return self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1,
+                          cache_position=torch.arange(ids.shape[1], device=ids.device)).logits[:, -1]
 
     def _cache(self, batch: int, length: int):
         from transformers import StaticCache
@@ -124,18 +131,47 @@ class StaticDecoder:
         synchronize(device)
         start = time.perf_counter()
         cache = self._cache(batch, length + out_tokens)
-        logits = self.model(input_ids=ids, past_key_values=cache, use_cache=True,
-                            cache_position=torch.arange(length, device=device), logits_to_keep=1).logits
-        token = self._pick(logits)
+        token = self._pick(self._prefill(ids, cache))
         tokens, times = [token], []
         synchronize(device)
         times.append(time.perf_counter())
         for i in range(out_tokens - 1):
-            token = self.step(token, torch.tensor([length + i], device=device), cache).clone()
+            token = self._pick(self.step(token, torch.tensor([length + i], device=device), cache))
             tokens.append(token)
             synchronize(device)
             times.append(time.perf_counter())
         return torch.cat(tokens, dim=1).cpu(), start, times
+
+    @torch.inference_mode()
+    def forced_logits(self, ids: torch.Tensor, forced: torch.Tensor, out_tokens: int, steps: int) -> torch.Tensor:
+        """This path's next-token logits at output positions 0..steps-1, teacher-forced on `forced` (batch x
+        out_tokens, e.g. generate's tokens): (batch, steps, vocab) float32 on the CPU. The cache has the timed
+        calls' shape, so the compiled step is reused, not compiled again."""
+        device = self.lm.device
+        ids, forced = ids.to(device), forced.to(device)
+        length = ids.shape[1]
+        cache = self._cache(ids.shape[0], length + out_tokens)
+        rows = [self._prefill(ids, cache).float().cpu()]
+        for i in range(steps - 1):
+            token = forced[:, i:i + 1].clone(memory_format=torch.contiguous_format)  # the timed calls' strides
+            rows.append(self.step(token, torch.tensor([length + i], device=device), cache).float().cpu())
+        return torch.stack(rows, dim=1)
+
+
+@torch.inference_mode()
+def generate_path_logits(lm: CausalLM, ids: torch.Tensor, forced: torch.Tensor, steps: int) -> torch.Tensor:
+    """What model.generate computes, teacher-forced on `forced`: prefill, then one token at a time with the default
+    dynamic cache and a growing attention mask. (batch, steps, vocab) float32 on the CPU."""
+    ids, forced = ids.to(lm.device), forced.to(lm.device)
+    mask = torch.ones_like(ids)
+    out = lm.model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1)
+    rows = [out.logits[:, -1].float().cpu()]
+    for i in range(steps - 1):
+        mask = torch.cat((mask, mask[:, :1]), dim=1)
+        out = lm.model(input_ids=forced[:, i:i + 1], attention_mask=mask, past_key_values=out.past_key_values,
+                       use_cache=True)
+        rows.append(out.logits[:, -1].float().cpu())
+    return torch.stack(rows, dim=1)
 
 
 def request_metrics(start: float, times: list[float], batch: int) -> dict:
@@ -145,22 +181,22 @@ def request_metrics(start: float, times: list[float], batch: int) -> dict:
             "itl_s": list(np.diff(times)), "decode_tokens_per_s": batch * (out - 1) / (e2e - ttft) if out > 1 else None}
 
 
-NEAR_TIE_LOGIT_GAP = 0.05  # reference logits closer than this are a tie that fp32 kernel order can flip
-
-
-@torch.inference_mode()
-def divergence(lm: CausalLM, prompt: torch.Tensor, ours: torch.Tensor, theirs: torch.Tensor) -> dict:
-    """Where two greedy continuations of one prompt part, and how far apart the two chosen tokens' logits are in an
-    eager full forward at that point: a near-tie (a gap of hundredths of a logit) is flipped by summation order,
-    a large gap would be a bug in the fast path."""
-    k = int((ours != theirs).nonzero()[0])
-    ids = torch.cat((prompt, theirs[:k]))[None].to(lm.device)
-    logits = lm.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1].double().cpu()
-    top2 = logits.topk(2).values
-    gap = float(abs(logits[ours[k]] - logits[theirs[k]]))
-    return {"position": k, "tokens": [int(ours[k]), int(theirs[k])], "logit_gap": gap,
-            "top2_gap": float(top2[0] - top2[1]),
-            "near_tie": gap <= NEAR_TIE_LOGIT_GAP}
+def divergences(lm: CausalLM, fast: StaticDecoder, ids: torch.Tensor, ours: torch.Tensor, theirs: torch.Tensor,
+                first_request: int) -> list[dict]:
+    """Every request of a batch whose static tokens (`ours`) part from generate's (`theirs`): where, the two
+    tokens, and the shared near-tie verdict there, on both paths' logits teacher-forced on generate's tokens
+    (generate's are the reference: its margin between its token and ours, against the largest logit difference
+    between the paths at that position). A parting that is not at a near-tie is a bug in the fast path."""
+    parted = {r: first_divergence(ours[r].tolist(), theirs[r].tolist()) for r in range(len(ids))
+              if not torch.equal(ours[r], theirs[r])}
+    if not parted:
+        return []
+    steps = max(parted.values()) + 1
+    static = fast.forced_logits(ids, theirs, theirs.shape[1], steps)
+    dynamic = generate_path_logits(lm, ids, theirs, steps)
+    return [{"request": first_request + r, "position": k, "tokens": [int(ours[r, k]), int(theirs[r, k])],
+             **near_tie(dynamic[r, k], static[r, k], int(theirs[r, k]), int(ours[r, k]))}
+            for r, k in parted.items()]
 
 
 def copy_bandwidth_gbs(device, mib: int = 256, repeats: int = 5) -> float:
@@ -209,7 +245,7 @@ def plot(result: dict, path: Path) -> None:
     right.set_xticks(x, names)
     right.set(ylabel="tokens / s", title=f"decode throughput (x{result['speedup_decode']:.2f})")
     s = result["settings"]
-    fig.suptitle(f"{result['model']} on {result['meta']['device_name']}, {result['meta']['dtype']}, "
+    fig.suptitle(f"{result['model_name']} on {result['meta']['device_name']}, {result['meta']['dtype']}, "
                  f"{s['input_tokens']} in / {s['output_tokens']} out, batch {s['batch_size']}", fontsize=9)
     save_figure(fig, path)
 
@@ -223,20 +259,53 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--batch_size", type=positive_int, default=1)
     parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed batches per path (compiles)")
     parser.add_argument("--no_compile", action="store_true", help="static cache without torch.compile")
-    parser.add_argument("--output", default=None, help="result JSON (default results/benchmark_<model>_<dev>_<dtype>)")
+    parser.add_argument("--output", default=None,
+                        help="result JSON (default results/benchmark_<model>_<device>_<dtype>.json)")
     parser.add_argument("--no_plot", action="store_true")
     return parser
 
 
-def main(args) -> int:
+def time_paths(runners: dict, prompts: torch.Tensor, args, lm: CausalLM, fast: StaticDecoder):
+    """The timed loop: every batch on both paths, interleaved in alternating order so that drift hits both;
+    the greedy tokens compared (outside the timed region). Returns (rows, wall seconds, identical, divergences)."""
     from tqdm import tqdm
 
+    rows, wall = {name: [] for name in PATHS}, {name: 0.0 for name in PATHS}
+    identical, parted = 0, []
+    bar = tqdm(total=args.num_requests // args.batch_size, desc="benchmark", unit="batch", file=sys.stderr)
+    for first in range(0, args.num_requests, args.batch_size):
+        ids = prompts[first: first + args.batch_size]
+        outs = {}
+        for name in (PATHS if (first // args.batch_size) % 2 == 0 else PATHS[::-1]):
+            tokens, start, times = runners[name](ids)
+            wall[name] += times[-1] - start
+            assert tokens.shape == (len(ids), args.output_tokens), tokens.shape
+            rows[name].extend([request_metrics(start, times, len(ids))] * len(ids))  # one row per request
+            outs[name] = tokens
+        found = divergences(lm, fast, ids, outs["static"], outs["generate"], first)
+        identical += len(ids) - len(found)
+        parted += found
+        bar.update(1)
+        bar.set_postfix(ratio=f"{rows['generate'][-1]['tpot_s'] / rows['static'][-1]['tpot_s']:.2f}"
+                        if args.output_tokens > 1 else "-")
+    bar.close()
+    return rows, wall, identical, parted
+
+
+def greedy_check(identical: int, requests: int, parted: list[dict]) -> str:
+    text = f"{identical}/{requests} identical"
+    if parted:
+        text += (f", {sum(d['near_tie'] for d in parted)}/{len(parted)} others part at a near-tie (margin <= "
+                 f"{NEAR_TIE_FACTOR:g} x logit difference)")
+    return text
+
+
+def main(args) -> int:
     if args.num_requests % args.batch_size:
         raise UserError(f"--num_requests ({args.num_requests}) must be a multiple of --batch_size ({args.batch_size})")
     lm = CausalLM(args.model_path, device=args.device, dtype=args.dtype)
-    model_name = Path(str(args.model_path or "Minitron-8B-Base").rstrip("/")).name.replace(".gguf", "")
-    output = Path(args.output or HERE / "results" / f"benchmark_{model_name}_{lm.device.type}_{lm.dtype_name}.json")
-    batches = args.num_requests // args.batch_size
+    check_context(lm.model.config, args.input_tokens + args.output_tokens, "--input_tokens + --output_tokens")
+    output = Path(args.output or default_result_path(HERE, "benchmark", lm.spec, lm.device, lm.dtype_name))
     prompts = random_prompts(lm, args.num_requests, args.input_tokens)
     fast = StaticDecoder(lm, compile=not args.no_compile)
     runners = {"generate": lambda ids: run_generate(lm, ids, args.output_tokens),
@@ -248,66 +317,49 @@ def main(args) -> int:
         for _ in range(args.warmup):
             runner(prompts[: args.batch_size])
         warm[name] = time.perf_counter() - began
-    rows = {name: [] for name in PATHS}
-    wall = {name: 0.0 for name in PATHS}
-    identical, divergences = 0, []
-    bar = tqdm(total=batches, desc="benchmark", unit="batch", file=sys.stderr)
-    for b in range(batches):
-        ids = prompts[b * args.batch_size: (b + 1) * args.batch_size]
-        outs = {}
-        for name in (PATHS if b % 2 == 0 else PATHS[::-1]):  # interleaved, alternating order: drift hits both
-            tokens, start, times = runners[name](ids)
-            wall[name] += times[-1] - start
-            assert tokens.shape == (len(ids), args.output_tokens), tokens.shape
-            rows[name].extend([request_metrics(start, times, len(ids))] * len(ids))  # one row per request
-            outs[name] = tokens
-        for r, (ours, theirs) in enumerate(zip(outs["static"], outs["generate"])):
-            if torch.equal(ours, theirs):
-                identical += 1
-            else:  # analysed outside the timed region
-                divergences.append({"request": b * args.batch_size + r,
-                                    **divergence(lm, ids[r], ours, theirs)})
-        bar.update(1)
-        bar.set_postfix(ratio=f"{rows['generate'][-1]['tpot_s'] / rows['static'][-1]['tpot_s']:.2f}"
-                        if args.output_tokens > 1 else "-")
-    bar.close()
+    rows, wall, identical, parted = time_paths(runners, prompts, args, lm, fast)
     memory = peak_memory(lm.device)
     bandwidth = copy_bandwidth_gbs(lm.device)
-    paths = {name: aggregate(rows[name], args.num_requests, args.batch_size, args.input_tokens, args.output_tokens,
-                             wall[name]) for name in PATHS}
-    for name in PATHS:
-        paths[name]["warmup_s"] = warm[name]
+    paths = {name: {**aggregate(rows[name], args.num_requests, args.batch_size, args.input_tokens,
+                                args.output_tokens, wall[name]), "warmup_s": warm[name]} for name in PATHS}
     gen, sta = paths["generate"]["decode_tokens_per_s"], paths["static"]["decode_tokens_per_s"]
-    result = {"meta": run_metadata(lm.device, lm.dtype_name), "model": model_name, "source": str(lm.source),
-              "settings": {"input_tokens": args.input_tokens, "output_tokens": args.output_tokens,
-                           "num_requests": args.num_requests, "batch_size": args.batch_size, "warmup": args.warmup,
-                           "compiled": fast.compiled},
-              "paths": paths, "paths_list": [{"path": name, **paths[name]} for name in PATHS],
-              "speedup_decode": (sta / gen) if gen and sta else None,
-              "speedup_e2e": paths["generate"]["e2e"]["mean_ms"] / paths["static"]["e2e"]["mean_ms"],
-              "greedy_identical_requests": identical, "greedy_identical": identical == args.num_requests,
-              "greedy_divergences": divergences,
-              "greedy_check": (f"{identical}/{args.num_requests} identical" + (
-                  f", {sum(d['near_tie'] for d in divergences)}/{len(divergences)} others part at a near-tie "
-                  f"(logit gap <= {NEAR_TIE_LOGIT_GAP})" if divergences else "")),
-              "memory": {**memory, "weights_mib": lm.weight_bytes() / 2**20, "parameters": lm.num_parameters()},
-              "roofline": {"copy_bandwidth_gbs": bandwidth,
-                           "max_decode_tokens_per_s": args.batch_size * bandwidth * 1e9 / lm.weight_bytes()}}
+    speedup = (sta / gen) if gen and sta else None
+    headline = {"metric": "decode tokens/s, static cache" + (" + compile" if fast.compiled else " (eager)"),
+                "peer": "model.generate", "ratio": speedup}
+    result = result_record(
+        "benchmark", device=lm.device, dtype=lm.dtype_name, model=lm.spec, headline=headline,
+        model_name=model_tag(lm.spec), source=str(lm.source),
+        settings={"input_tokens": args.input_tokens, "output_tokens": args.output_tokens,
+                  "num_requests": args.num_requests, "batch_size": args.batch_size, "warmup": args.warmup,
+                  "compiled": fast.compiled},
+        paths=paths, paths_list=[{"path": name, **paths[name]} for name in PATHS], speedup_decode=speedup,
+        speedup_e2e=paths["generate"]["e2e"]["mean_ms"] / paths["static"]["e2e"]["mean_ms"],
+        greedy_identical_requests=identical, greedy_identical=identical == args.num_requests,
+        greedy_divergences=parted, greedy_unexplained=sum(not d["near_tie"] for d in parted),
+        greedy_check=greedy_check(identical, args.num_requests, parted),
+        memory={**memory, "weights_mib": lm.weight_bytes() / 2**20, "parameters": lm.num_parameters()},
+        roofline={"copy_bandwidth_gbs": bandwidth,
+                  "max_decode_tokens_per_s": args.batch_size * bandwidth * 1e9 / lm.weight_bytes()})
     write_json(output, result)
     if not args.no_plot:
         plot(result, output.with_suffix(".png"))
+    print_summary(result, output)
+    return 0
+
+
+def print_summary(result: dict, output: Path) -> None:
     for name in PATHS:
-        p = paths[name]
-        print(f"{name:9s} TTFT p50 {p['ttft']['p50_ms']:.1f} ms  TPOT p50 {p['tpot'].get('p50_ms', float('nan')):.2f} ms  "
-              f"E2E p50 {p['e2e']['p50_ms']:.0f} ms  decode {p['decode_tokens_per_s'] or 0:.1f} tok/s  "
+        p = result["paths"][name]
+        print(f"{name:9s} TTFT p50 {p['ttft']['p50_ms']:.1f} ms  TPOT p50 {p['tpot'].get('p50_ms', float('nan')):.2f} "
+              f"ms  E2E p50 {p['e2e']['p50_ms']:.0f} ms  decode {p['decode_tokens_per_s'] or 0:.1f} tok/s  "
               f"output {p['output_tokens_per_s']:.1f} tok/s  {p['requests_per_s']:.3f} req/s")
     if result["speedup_decode"]:
         print(f"static/generate decode speed-up x{result['speedup_decode']:.2f}; greedy: {result['greedy_check']}")
-    print(f"memory-bandwidth bound: {bandwidth:.1f} GB/s copy -> at most "
-          f"{result['roofline']['max_decode_tokens_per_s']:.1f} decode tokens/s at batch {args.batch_size}")
-    print(f"peak memory {memory['peak_mib']:.0f} MiB ({memory['source']}); weights {lm.weight_bytes() / 2**20:.0f} MiB")
+    roofline, memory = result["roofline"], result["memory"]
+    print(f"memory-bandwidth bound: {roofline['copy_bandwidth_gbs']:.1f} GB/s copy -> at most "
+          f"{roofline['max_decode_tokens_per_s']:.1f} decode tokens/s at batch {result['settings']['batch_size']}")
+    print(f"peak memory {memory['peak_mib']:.0f} MiB ({memory['source']}); weights {memory['weights_mib']:.0f} MiB")
     print(f"wrote {output}")
-    return 0
 
 
 if __name__ == "__main__":

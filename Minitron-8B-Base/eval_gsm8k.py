@@ -14,7 +14,9 @@ What lm-eval gsm8k v3 does, and this script copies:
     `(-?[$0-9.,]{2,})|(-?[0-9]+)`; no match -> "[invalid]".
   * exact match after removing ",", "$", everything up to "#### " and a final "." from both sides, ignoring case.
 Runs: run 1 greedy, runs 2..N sampled at --temperature/--top_p with per-run, per-batch seeds. Reported: each run's
-accuracy for both filters, pass@N "any run correct", and the unbiased pass@k = 1 - C(n-c,k)/C(n,k) for k = 1..N.
+accuracy for both filters with its standard error (lm-eval's, sqrt(p(1-p)/(n-1))) and a 95% Wilson interval (which
+stays honest at 0/n and n/n, where the normal one shrinks to a point), pass@N "any run correct", and the unbiased
+pass@k = 1 - C(n-c,k)/C(n,k) for k = 1..N. The headline is run 1's strict-match accuracy.
 Every sample is appended to a JSONL log as it finishes; --resume continues that log (a torn last line from a
 crash is dropped), so nothing is lost or counted twice.
 """
@@ -28,14 +30,13 @@ import re
 import sys
 from pathlib import Path
 
+from common.device import dtype_name, resolve_device, resolve_dtype
+from common.errors import ArgumentParser, UserError, positive_int, run_main
+from common.model_path import hub_reachable
+from common.results import append_run_record, default_result_path, open_run_log, result_record, write_json
+from inference import CausalLM, add_model_args, model_spec
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-
-from common.errors import ArgumentParser, UserError, positive_int, run_main  # noqa: E402
-from common.model_path import hub_reachable  # noqa: E402
-from common.results import append_run_record, open_run_log, run_metadata, write_json  # noqa: E402
-from inference import CausalLM, add_model_args  # noqa: E402
-
 TASK_VERSION = 3
 FEWSHOT_SEED = 1234  # lm-eval's default --fewshot_random_seed
 NUM_FEWSHOT = 5
@@ -87,6 +88,19 @@ def score(generation: str, gold_answer: str) -> dict:
     return {"extracted": {"strict-match": strict, "flexible-extract": flexible},
             "correct": {"strict-match": is_correct(strict, gold_answer),
                         "flexible-extract": is_correct(flexible, gold_answer)}}
+
+
+def accuracy_uncertainty(correct: int, n: int, z: float = 1.96) -> dict:
+    """Standard error of an accuracy over n questions (lm-eval's: the sample standard deviation / sqrt(n), i.e.
+    sqrt(p(1-p)/(n-1))) and the 95% Wilson score interval. Two accuracies whose intervals overlap widely are not
+    shown to differ by this sample."""
+    if n == 0:
+        return {"stderr": None, "ci95": None}
+    p = correct / n
+    stderr = math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else None
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return {"stderr": stderr, "ci95": {"low": max(0.0, centre - half), "high": min(1.0, centre + half)}}
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -206,8 +220,12 @@ def summarize(records: list[dict], doc_ids: list[int], num_runs: int) -> dict:
     out = {"runs": [], "pass_at_n_any": {}, "pass_at_k_unbiased": {}}
     for run in range(1, num_runs + 1):
         rows = [by_key[(run, i)] for i in doc_ids if (run, i) in by_key]
-        out["runs"].append({"run": run, "samples": len(rows), "accuracy": {
-            f: (sum(r["correct"][f] for r in rows) / len(rows) if rows else None) for f in FILTERS}})
+        correct = {f: sum(r["correct"][f] for r in rows) for f in FILTERS}
+        uncertainty = {f: accuracy_uncertainty(correct[f], len(rows)) for f in FILTERS}
+        out["runs"].append({"run": run, "samples": len(rows),
+                            "accuracy": {f: (correct[f] / len(rows) if rows else None) for f in FILTERS},
+                            "stderr": {f: uncertainty[f]["stderr"] for f in FILTERS},
+                            "ci95": {f: uncertainty[f]["ci95"] for f in FILTERS}})
     for f in FILTERS:
         counts = [sum(by_key[(run, i)]["correct"][f] for run in range(1, num_runs + 1)) for i in doc_ids]
         out["pass_at_n_any"][f] = sum(c > 0 for c in counts) / len(counts)
@@ -228,34 +246,20 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--limit", type=positive_int, default=None, help="first N test questions only")
     parser.add_argument("--batch_size", type=positive_int, default=8, help="questions per generate() call")
     parser.add_argument("--max_new_tokens", type=positive_int, default=MAX_NEW_TOKENS)
-    parser.add_argument("--output", default=None, help="summary JSON (default results/gsm8k_<model>.json)")
+    parser.add_argument("--output", default=None,
+                        help="summary JSON (default results/task_<model>_<device>_<dtype>_gsm8k.json)")
     parser.add_argument("--log", default=None, help="per-sample JSONL log (default: the output with .jsonl)")
     parser.add_argument("--resume", action="store_true", help="continue the log of an interrupted run")
     return parser
 
 
-def main(args) -> int:
+def generate_all(lm: CausalLM, test: list[dict], train: list[dict], shots: list[list[int]], doc_ids: list[int],
+                 records: list[dict], log: Path, config: dict, args) -> None:
+    """Every (run, question) not in the log yet, in batches; each sample is scored and appended as it finishes."""
     from tqdm import tqdm
 
-    if args.num_fewshot < 0:
-        raise UserError(f"--num_fewshot must be >= 0, got {args.num_fewshot}")
-    if args.num_runs > 1 and args.temperature <= 0:
-        raise UserError("--num_runs > 1 needs --temperature > 0 (runs 2..N sample)")
-    test, train = load_data(args.data)
-    doc_ids = list(range(len(test) if args.limit is None else min(args.limit, len(test))))
-    shots = fewshot_ids(len(doc_ids), len(train), args.num_fewshot)
-    model_name = Path(str(args.model_path or "Minitron-8B-Base").rstrip("/")).name.replace(".gguf", "")
-    output = Path(args.output or HERE / "results" / f"gsm8k_{model_name}.json")
-    log = Path(args.log) if args.log else output.with_suffix(".jsonl")
-    config = {"task": "gsm8k", "task_version": TASK_VERSION, "model_path": args.model_path,
-              "num_fewshot": args.num_fewshot, "fewshot_seed": FEWSHOT_SEED, "num_runs": args.num_runs,
-              "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed, "limit": args.limit,
-              "max_new_tokens": args.max_new_tokens, "stop": STOP, "dtype": args.dtype}
-    records = open_run_log(log, config, args.resume, "eval_gsm8k.py")  # before the model loads: fail fast
-    lm = CausalLM(args.model_path, device=args.device, dtype=args.dtype)
     done = {(r["run"], r["doc_id"]) for r in records}
-    total = args.num_runs * len(doc_ids)
-    bar = tqdm(total=total, initial=len(done), desc="gsm8k", unit="sample", file=sys.stderr)
+    bar = tqdm(total=args.num_runs * len(doc_ids), initial=len(done), desc="gsm8k", unit="sample", file=sys.stderr)
     for run in range(1, args.num_runs + 1):
         temperature = 0.0 if run == 1 else args.temperature
         todo = [i for i in doc_ids if (run, i) not in done]
@@ -276,19 +280,48 @@ def main(args) -> int:
             bar.set_postfix(run=run, strict=f"{sum(r['correct']['strict-match'] for r in run_rows) / len(run_rows):.3f}",
                             flex=f"{sum(r['correct']['flexible-extract'] for r in run_rows) / len(run_rows):.3f}")
     bar.close()
-    results = summarize(records, doc_ids, args.num_runs)
-    summary = {"meta": run_metadata(lm.device, lm.dtype_name), "config": config, "model_source": str(lm.source),
-               "num_questions": len(doc_ids), "log": str(log), **results,
-               "fewshot_exemplars": {str(i): shots[i] for i in doc_ids}}
-    write_json(output, summary)
+
+
+def print_results(results: dict, args) -> None:
     for row in results["runs"]:
-        acc = row["accuracy"]
-        print(f"run {row['run']} ({'greedy' if row['run'] == 1 else f'T={args.temperature}'}): "
-              f"strict-match {acc['strict-match']:.4f}  flexible-extract {acc['flexible-extract']:.4f}")
+        acc, ci = row["accuracy"], row["ci95"]
+        print(f"run {row['run']} ({'greedy' if row['run'] == 1 else f'T={args.temperature}'}, {row['samples']} "
+              f"questions): " + "  ".join(f"{f} {acc[f]:.4f} (95% CI {ci[f]['low']:.3f}-{ci[f]['high']:.3f})"
+                                          for f in FILTERS))
     if args.num_runs > 1:
         for f in FILTERS:
             print(f"{f}: pass@{args.num_runs} (any run) {results['pass_at_n_any'][f]:.4f}  unbiased pass@k "
                   + "  ".join(f"k={k}: {v:.4f}" for k, v in results["pass_at_k_unbiased"][f].items()))
+
+
+def main(args) -> int:
+    if args.num_fewshot < 0:
+        raise UserError(f"--num_fewshot must be >= 0, got {args.num_fewshot}")
+    if args.num_runs > 1 and args.temperature <= 0:
+        raise UserError("--num_runs > 1 needs --temperature > 0 (runs 2..N sample)")
+    test, train = load_data(args.data)
+    doc_ids = list(range(len(test) if args.limit is None else min(args.limit, len(test))))
+    shots = fewshot_ids(len(doc_ids), len(train), args.num_fewshot)
+    device = resolve_device(args.device)  # resolved before the model loads: a bad device fails at once
+    spec = model_spec(args.model_path)
+    output = Path(args.output or default_result_path(HERE, "task", spec, device,
+                                                     dtype_name(resolve_dtype(args.dtype, device)), "_gsm8k"))
+    log = Path(args.log) if args.log else output.with_suffix(".jsonl")
+    config = {"task": "gsm8k", "task_version": TASK_VERSION, "model_path": args.model_path,
+              "num_fewshot": args.num_fewshot, "fewshot_seed": FEWSHOT_SEED, "num_runs": args.num_runs,
+              "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed, "limit": args.limit,
+              "max_new_tokens": args.max_new_tokens, "stop": STOP, "dtype": args.dtype}
+    records = open_run_log(log, config, args.resume, "eval_gsm8k.py")  # before the model loads: fail fast
+    lm = CausalLM(args.model_path, device=args.device, dtype=args.dtype)
+    generate_all(lm, test, train, shots, doc_ids, records, log, config, args)
+    results = summarize(records, doc_ids, args.num_runs)
+    headline = {"metric": f"GSM8K {args.num_fewshot}-shot strict-match accuracy (run 1, greedy)",
+                "value": results["runs"][0]["accuracy"]["strict-match"]}
+    write_json(output, result_record("task", device=lm.device, dtype=lm.dtype_name, model=spec, headline=headline,
+                                     config=config, model_source=str(lm.source), num_questions=len(doc_ids),
+                                     log=str(log), **results,
+                                     fewshot_exemplars={str(i): shots[i] for i in doc_ids}))
+    print_results(results, args)
     print(f"wrote {output} and {log}")
     return 0
 

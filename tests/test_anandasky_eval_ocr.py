@@ -34,6 +34,22 @@ def test_score_line_normalises_whitespace_only(E):
     assert (s["char_errors"], s["word_errors"], s["exact"]) == (6, 2, False)
 
 
+def test_cer_interval_is_a_seeded_bootstrap_over_lines(E):
+    samples = [{**E.score_line("abcd"[: i % 4], "abcd"), "image": str(i), "rotated": False} for i in range(40)]
+    interval = E.cer_interval(samples)
+    assert interval["low"] < E.summarize(samples)["cer"] < interval["high"] and E.cer_interval(samples) == interval
+    assert E.cer_interval(samples[:1]) is None  # one line: no interval
+
+
+def test_default_output_names_model_device_dtype_and_data(E, anandasky_checkpoint, line_set, tmp_path, cli,
+                                                          monkeypatch):
+    monkeypatch.setattr(E, "HERE", tmp_path)
+    assert cli(E, "--model-path", anandasky_checkpoint, "--data", line_set, "--limit", "1", "--max-new-tokens",
+               "2") == 0
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == [
+        "task_test_checkpoint_cpu_fp32_ocr_lines.json", "task_test_checkpoint_cpu_fp32_ocr_lines.jsonl"]
+
+
 def test_summary_is_corpus_level(E):
     """CER weighs lines by length: 1 error in a 1-char line + 0 in a 99-char line is 1/100, the line mean 0.5."""
     samples = [{**E.score_line("x", "y"), "image": "a", "rotated": False},
@@ -77,6 +93,10 @@ def test_eval_ocr_end_to_end_and_resume(E, anandasky_checkpoint, line_set, tmp_p
     assert summary["results"]["cer"] == pytest.approx(
         sum(s["char_errors"] for s in samples) / sum(s["ref_chars"] for s in samples))
     assert summary["meta"]["dtype"] == "fp32" and summary["config"]["rotate"] == "auto"
+    assert summary["kind"] == "task" and summary["weights"] == "test checkpoint"
+    assert summary["headline"] == {"metric": "CER % on lines", "value": 100 * summary["results"]["cer"]}
+    interval = summary["results"]["cer_ci95"]
+    assert interval["low"] <= summary["results"]["cer"] <= interval["high"]
 
     # a crash after the second line, mid-write of the third: the torn tail is dropped and only line 3 is redone
     lines = full.split(b"\n")
@@ -145,6 +165,8 @@ def test_benchmark_writes_json_and_plot(anandasky_checkpoint, tmp_path, cli):
         assert row["ttft"]["n"] == row["e2e"]["n"] == 3 and row["e2e"]["p50_ms"] > 0 and row["ttft"]["p50_ms"] > 0
         assert row["packed_speedup"] == pytest.approx(row["packed_images_per_s"] / row["single_images_per_s"])
     assert result["parameters"] > 30e6 and result["memory"]["weights_mib"] > 100 and result["load_s"] > 0
+    assert result["kind"] == "benchmark" and result["headline"]["peer"] == "single-image generate"
+    assert result["headline"]["ratio"] == large["packed_speedup"] and "42x420" in result["headline"]["metric"]
     assert output.with_suffix(".png").stat().st_size > 10_000
 
 

@@ -56,8 +56,9 @@ def test_upstream_style_code_needs_flash_attn_then_runs_with_the_layer(upstream_
     patched = load_script(ANANDASKY_FOLDER, "modeling_anandasky_patched")
     reference = patched.AnandaSkyForConditionalGeneration.from_pretrained(anandasky_checkpoint).eval()
     processor = load_script(ANANDASKY_FOLDER, "processor").AnandaSkyProcessor.from_pretrained(anandasky_checkpoint)
-    inference = load_script(ANANDASKY_FOLDER, "inference")
-    images = [inference.render_text_image("Invoice 4471-B", 14), inference.render_text_image("a longer line of text", 20)]
+    evaluator = load_script(ANANDASKY_FOLDER, "eval_accuracy")
+    images = [evaluator.render_text_image("Invoice 4471-B", 14),
+              evaluator.render_text_image("a longer line of text", 20)]
     batch = processor(images, "Recognize the text in this image.")  # two images of different sizes, packed
     with torch.no_grad():
         got, want = upstream(**batch).logits, reference(**batch).logits

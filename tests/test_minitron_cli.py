@@ -22,7 +22,7 @@ def gsm8k():
 
 def test_tiny_checkpoint_is_nemotron(inference, tiny_minitron):
     lm = inference.CausalLM(str(tiny_minitron), device="cpu")
-    assert type(lm.model).__name__ == "NemotronForCausalLM"
+    assert type(lm.model).__name__ == "NemotronForCausalLM" and lm.spec == str(tiny_minitron)
     cfg = lm.model.config
     rope = getattr(cfg, "rope_parameters", None) or {"partial_rotary_factor": cfg.partial_rotary_factor}
     assert (cfg.hidden_act, rope["partial_rotary_factor"], cfg.num_key_value_heads) == ("relu2", 0.5, 2)
@@ -64,6 +64,21 @@ def test_gsm8k_tiny_nemotron_default_5shot(gsm8k, tiny_minitron, shared_data, tm
     summary = json.loads((tmp_path / "gsm8k.json").read_text())
     assert summary["config"]["num_fewshot"] == 5 and summary["num_questions"] == 2
     assert all(len(ids) == 5 for ids in summary["fewshot_exemplars"].values())
+    assert summary["kind"] == "task" and summary["weights"] == "test checkpoint"
+    run = summary["runs"][0]
+    assert summary["headline"] == {"metric": "GSM8K 5-shot strict-match accuracy (run 1, greedy)",
+                                   "value": run["accuracy"]["strict-match"]}
+    ci = run["ci95"]["strict-match"]
+    assert 0 <= ci["low"] <= run["accuracy"]["strict-match"] <= ci["high"] <= 1 and ci["high"] > ci["low"]
+
+
+def test_gsm8k_default_output_names_model_device_and_dtype(gsm8k, tiny_minitron, shared_data, tmp_path, cli,
+                                                           monkeypatch):
+    monkeypatch.setattr(gsm8k, "HERE", tmp_path)
+    assert cli(gsm8k, "--model_path", tiny_minitron, "--data", shared_data / "gsm8k", "--limit", "1",
+               "--max_new_tokens", "2") == 0
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == [
+        "task_test_checkpoint_cpu_fp32_gsm8k.json", "task_test_checkpoint_cpu_fp32_gsm8k.jsonl"]
 
 
 def read_log(path):

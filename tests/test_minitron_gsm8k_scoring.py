@@ -60,6 +60,15 @@ def test_pass_at_k():
     assert E.pass_at_k(5, 2, 2) == pytest.approx(1 - 3 / 10)
 
 
+def test_accuracy_uncertainty():
+    u = E.accuracy_uncertainty(5, 10)
+    assert u["stderr"] == pytest.approx((0.25 / 9) ** 0.5)  # lm-eval: sample std / sqrt(n)
+    assert u["ci95"] == pytest.approx({"low": 0.2366, "high": 0.7634}, abs=1e-4)  # Wilson, 95%
+    zero = E.accuracy_uncertainty(0, 10)  # no hit in 10 still allows up to ~28%
+    assert zero["stderr"] == 0 and zero["ci95"] == pytest.approx({"low": 0, "high": 0.2775}, abs=1e-4)
+    assert E.accuracy_uncertainty(1, 1)["stderr"] is None and E.accuracy_uncertainty(0, 0)["ci95"] is None
+
+
 def test_summary_pass_at_n_and_unbiased():
     records = [{"run": r, "doc_id": i, "correct": {f: c for f in E.FILTERS}}
                for (r, i, c) in [(1, 0, False), (2, 0, True), (1, 1, True), (2, 1, True), (1, 2, False), (2, 2, False)]]
@@ -68,6 +77,8 @@ def test_summary_pass_at_n_and_unbiased():
     assert s["pass_at_n_any"]["strict-match"] == pytest.approx(2 / 3)
     assert s["pass_at_k_unbiased"]["strict-match"]["1"] == pytest.approx(0.5)  # mean of per-run accuracies
     assert s["pass_at_k_unbiased"]["strict-match"]["2"] == pytest.approx(2 / 3)
+    assert s["runs"][1]["stderr"]["strict-match"] == pytest.approx(E.accuracy_uncertainty(2, 3)["stderr"])
+    assert s["runs"][1]["ci95"]["strict-match"] == pytest.approx(E.accuracy_uncertainty(2, 3)["ci95"])
 
 
 def test_prompt_layout_matches_lm_eval():
