@@ -184,7 +184,10 @@ def overview_rows(root: Path) -> list[list[str]]:
                 model = "test checkpoint"
             key = (folder.name, model, doc.get("weights", "?"), meta.get("device_name", "?"), meta.get("dtype", "?"))
             group = groups[key]
-            group["entries"][doc["kind"]].append(_headline_text(doc["kind"], doc.get("headline", {})))
+            text = _headline_text(doc["kind"], doc.get("headline", {}))
+            if doc.get("compiled") is True and "compile" not in text:  # an eager and a compiled run side by side
+                text += " (torch.compile)"
+            group["entries"][doc["kind"]].append(text)
             group["dates"].append(str(meta.get("date_utc", "?"))[:10])
     rows = []
     for (folder, model, weights, device, dtype), group in sorted(groups.items()):
