@@ -188,7 +188,8 @@ class AnandaSkyVisionModel(nn.Module):
         width = self.num_channels * self.patch_size ** 2
         if pixel_values.dim() != 2 or pixel_values.shape[1] != width:
             raise ValueError(f"pixel_values must be (total_patches, {width}), got {tuple(pixel_values.shape)}")
-        lengths = (image_grid_hw[:, 0] * image_grid_hw[:, 1]).tolist()  # cu_seqlens as sizes, one sync
+        patches = image_grid_hw[:, 0] * image_grid_hw[:, 1]
+        lengths = patches.tolist()  # lint-port: allow host-sync-in-forward -- cu_seqlens as sizes, one sync per forward
         if sum(lengths) != pixel_values.shape[0] or min(lengths, default=0) < 1:
             raise ValueError(f"image_grid_hw {image_grid_hw.tolist()} gives {sum(lengths)} patches but "
                              f"pixel_values hold {pixel_values.shape[0]}")
