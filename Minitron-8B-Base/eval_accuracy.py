@@ -13,6 +13,9 @@ padded row computes what it would alone (models with learned position tables, li
       sequences; common.metrics.greedy_parity: every divergence must start at a near-tie of the reference (its
       margin within NEAR_TIE_FACTOR x the logit error at that position), and enough sequences must match exactly.
 PASS needs both parts; exit 1 on FAIL. Writes a parity result record (JSON).
+Diagnosis (common.diagnose), on the first batch of prompts + reference continuations: --trace_ops (every aten op on
+the device, CPU fallbacks, host syncs) and --locate (each module against the reference; automatic after a FAIL;
+the reference's activations are spilled to a temporary folder, never two full copies in memory).
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.diagnose import Probe, add_diagnosis_args, locate_if_needed, trace_if_asked
 from common.errors import ArgumentParser, positive_int, run_main
 from common.metrics import format_greedy, format_parity, greedy_parity, parity, verdict
 from common.results import default_result_path, result_record, write_json
@@ -130,6 +134,17 @@ def measure(test: CausalLM, reference: CausalLM, seqs: list[list[int]], max_new_
     return parts, want
 
 
+def diagnosis_probe(test: CausalLM, reference: CausalLM, seqs: list[list[int]]) -> Probe:
+    """One left-padded batch of the first PARITY_BATCH_SIZE sequences (prompts + the reference's continuations for
+    --locate; the prompts alone for --trace_ops, which runs before anything is generated), both sides."""
+    batch = seqs[:PARITY_BATCH_SIZE]
+    test_inputs = left_padded(batch, test.tokenizer.pad_token_id, test.device)
+    reference_inputs = left_padded(batch, reference.tokenizer.pad_token_id, reference.device)
+    return Probe(test.model, reference.model, lambda: test.model(**test_inputs, use_cache=False),
+                 lambda: reference.model(**reference_inputs, use_cache=False), test.device, test.dtype,
+                 f"{len(batch)} sequences, {sum(map(len, batch))} tokens, left-padded")
+
+
 def main(args) -> int:
     prompts = all_prompts(args.file)
     test = CausalLM(args.model_path, args.device, args.dtype)
@@ -138,17 +153,21 @@ def main(args) -> int:
     check_context(reference.model.config, max(map(len, seqs)) + args.max_new_tokens, "the probe prompts")
     print(f"{MODEL_NAME} parity, {len(prompts)} prompts ({sum(map(len, seqs))} tokens): {test.device} "
           f"{test.dtype_name} vs cpu fp32 reference ({test.source})")
+    # first: torch_npu reports each CPU fallback once per process
+    traced = trace_if_asked(args, lambda: diagnosis_probe(test, reference, seqs))
     parts, want = measure(test, reference, seqs, args.max_new_tokens)
     print(f"prefill_logits {tuple(parts['prefill_logits']['shape'])}:\n{format_parity(parts['prefill_logits'])}")
     print(f"generation ({len(seqs)} greedy sequences, up to {args.max_new_tokens} new tokens):\n"
           f"{format_greedy(parts['generation'])}")
     result = verdict(parts)
     print(f"OVERALL: {'PASS' if result['passed'] else 'FAIL'}")
+    full = [s + w for s, w in zip(seqs, want)]  # prompts + the reference's continuations
+    diagnosis = {**traced, **locate_if_needed(args, result["passed"], lambda: diagnosis_probe(test, reference, full))}
     output = Path(args.output or default_result_path(HERE, "parity", test.spec, test.device, test.dtype_name))
     write_json(output, result_record(
         "parity", device=test.device, dtype=test.dtype_name, model=test.spec, headline={"passed": result["passed"]},
         **result, source=str(test.source), prompts=len(prompts), prompt_tokens=[len(s) for s in seqs],
-        max_new_tokens=args.max_new_tokens, reference_new_tokens=[len(w) for w in want]))
+        max_new_tokens=args.max_new_tokens, reference_new_tokens=[len(w) for w in want], **diagnosis))
     print(f"wrote {output}")
     return 0 if result["passed"] else 1
 
@@ -161,6 +180,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--file", default=None, help="extra prompts, one per line, appended to the built-in ones")
     parser.add_argument("--output", default=None,
                         help="result JSON (default results/parity_<model>_<device>_<dtype>.json)")
+    add_diagnosis_args(parser)
     return parser
 
 

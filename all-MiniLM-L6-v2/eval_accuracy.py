@@ -7,15 +7,19 @@ Both sides encode the same texts; the metrics (common.metrics.parity, computed i
 sentence embeddings (what users consume) and on the token states before pooling (where a kernel bug would show
 first). PASS needs both parts within the thresholds of the dtype under test (common.metrics.verdict). Exit 1 on FAIL.
 Writes results/parity_<model>_<device>_<dtype>[_compiled].json.
+Diagnosis (common.diagnose), on one batch of DIAGNOSIS_TEXTS: --trace_ops (every aten op of the forward on the
+device, CPU fallbacks, host syncs) and --locate (each module against the reference; automatic after a FAIL).
 """
 from __future__ import annotations
 
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from common.diagnose import Probe, add_diagnosis_args, eager, locate_if_needed, trace_if_asked
 from common.errors import ArgumentParser, run_main
 from common.metrics import format_parity, parity, verdict
 from common.results import default_result_path, result_record, write_json
@@ -52,6 +56,8 @@ PROBE_TEXTS = [
     "Sentence embeddings map text to vectors so that similar meanings land close together in the space.",
 ]
 PARITY_BATCH_SIZE = 8  # several batches, so padding between texts of different lengths is exercised
+# --trace_ops / --locate: one padded batch of a short, a CJK, a code and the ~270-token text (accumulated error).
+DIAGNOSIS_TEXTS = [PROBE_TEXTS[1], PROBE_TEXTS[13], PROBE_TEXTS[18], PROBE_TEXTS[22]]
 
 
 def token_states(encoder: MiniLMEncoder, texts: list[str]) -> np.ndarray:
@@ -72,6 +78,17 @@ def measure(encoder: MiniLMEncoder, texts: list[str]) -> dict:
             "token_states": token_states(encoder, texts)}
 
 
+def diagnosis_probe(test: MiniLMEncoder, reference: MiniLMEncoder) -> Probe:
+    """The transformer's forward on DIAGNOSIS_TEXTS (one padded batch), both sides; pooling and the head are plain
+    tensor ops after it, covered by the embeddings part."""
+    ids, _ = reference.tokenize(DIAGNOSIS_TEXTS)
+    test_batch, reference_batch = test.batch_tensors(ids), reference.batch_tensors(ids)
+    test_model, reference_model = eager(test.model), eager(reference.model)
+    return Probe(test_model, reference_model, lambda: test_model(**test_batch),
+                 lambda: reference_model(**reference_batch), test.device, test.dtype,
+                 f"{len(ids)} texts, {sum(map(len, ids))} tokens, one padded batch")
+
+
 def main(args) -> int:
     texts = list(PROBE_TEXTS)
     if args.file:
@@ -80,19 +97,22 @@ def main(args) -> int:
     reference = MiniLMEncoder(args.model_path, "cpu", "fp32")
     print(f"{len(texts)} texts, {test.describe()}\n{test.device} {test.dtype_name}"
           f"{' (compiled)' if args.compile else ''} vs cpu fp32 reference")
+    probe = partial(diagnosis_probe, test, reference)
+    traced = trace_if_asked(args, probe)  # first: torch_npu reports each CPU fallback once per process
     got, want = measure(test, texts), measure(reference, texts)
     parts = {name: parity(got[name], want[name], test.dtype_name) for name in ("embeddings", "token_states")}
     for name, result in parts.items():
         print(f"{name} {tuple(result['shape'])}:\n{format_parity(result)}")
     result = verdict(parts)
     print(f"OVERALL: {'PASS' if result['passed'] else 'FAIL'}")
+    diagnosis = {**traced, **locate_if_needed(args, result["passed"], probe)}
     output = Path(args.output or default_result_path(HERE, "parity", test.model_dir, test.device, test.dtype_name,
                                                      "_compiled" if args.compile else ""))
     write_json(output, result_record(
         "parity", device=test.device, dtype=test.dtype_name, model=test.model_dir,
         headline={"passed": result["passed"]}, **result, texts=len(texts),
         truncated=test.last_stats.get("truncated"), max_seq_length=test.max_seq_length, compiled=args.compile,
-        pipeline=test.describe()))
+        pipeline=test.describe(), **diagnosis))
     print(f"wrote {output}")
     return 0 if result["passed"] else 1
 
@@ -102,6 +122,7 @@ def build_parser() -> ArgumentParser:
                                "on a device+dtype vs the CPU fp32 reference.")
     p.add_argument("--file", help="extra texts, one per line, appended to the 24 built-in ones")
     p.add_argument("--output", help="result JSON (default results/parity_<model>_<device>_<dtype>[_compiled].json)")
+    add_diagnosis_args(p)
     return add_model_args(p)
 
 

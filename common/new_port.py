@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import ArgumentParser, UserError, run_main
+from .lint_port import format_findings, lint_paths
 from .report import REPO_ROOT, model_folders, render_readme
 from .tiny_checkpoint import FAMILIES, build_tiny
 
@@ -82,8 +83,12 @@ if __name__ == "__main__":
 CHECKLIST = """> **Port checklist** (written by `python -m common.new_port --from {source} --name {name} --model {model}`;
 > the method is in [PORTING.md](../PORTING.md); delete this block when every box is ticked)
 > - [x] Tiny random weights: `python -m pytest tests/test_{slug}_port.py` passes (it did when the folder was made).
+> - [ ] No CUDA-only code: `python -m common.lint_port {name} WEIGHTS_FOLDER` is clean (the weights folder's remote
+>       code included), or every finding is fixed or allowed with a reason.
 > - [ ] Real weights run: `python inference.py --model_path {model}` gives sensible output on CPU and on the device.
-> - [ ] Parity per dtype on the device: `python eval_accuracy.py --device npu --dtype bf16` (then fp16, fp32); PASS.
+> - [ ] Parity per dtype on the device: `python eval_accuracy.py --device npu --dtype bf16 --trace_ops` (then fp16,
+>       fp32); PASS, and the op trace shows no CPU fallbacks or stray CPU ops. On a FAIL, the `locate` table it
+>       prints names the first module that diverges.
 > - [ ] Task eval on real data, set beside a published figure for this model (same split, same metric).
 > - [ ] Benchmark against the library a user would otherwise call: `python benchmark.py --device npu`.
 > - [ ] This readme: rewrite the description and the notes below for {name} (they still describe {source_name}),
@@ -216,7 +221,17 @@ def main(args) -> int:
     print(f"created {args.name}/ from {args.source} (class {new_class}, default model {model}) and "
           f"tests/{test_file.name}\nnext: python -m pytest tests/{test_file.name}, then the checklist at the top of "
           f"{args.name}/readme.md")
+    lint_model_code(local)
     return 0
+
+
+def lint_model_code(model_folder: Path) -> None:
+    """A local model folder that carries its own modeling code (remote code) is linted at once: CUDA-only imports
+    and calls there are the first thing that breaks on another device."""
+    if model_folder.is_dir() and any(model_folder.glob("*.py")):
+        findings = lint_paths([model_folder])
+        print(f"the model folder carries its own code; `python -m common.lint_port {model_folder}` says:\n"
+              f"{format_findings(findings, root=model_folder)}")
 
 
 def build_parser() -> ArgumentParser:

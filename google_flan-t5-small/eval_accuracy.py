@@ -11,6 +11,9 @@
 (d) overflow: every activation of the model under test is watched for NaN/inf (and the fp16 clamp); an overflow is a
     FAIL that names the first module it happened in.
 PASS needs all parts; exit code 1 on FAIL. Writes a "parity" result record (common.results.result_record).
+Diagnosis (common.diagnose), on the first batch, teacher-forced on the reference's generations: --trace_ops (every
+aten op on the device, CPU fallbacks, host syncs) and --locate (each module against the reference, in execution
+order; automatic after a FAIL), which names the module where an error starts, not only NaN/inf.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.diagnose import Probe, add_diagnosis_args, locate_if_needed, trace_if_asked
 from common.errors import ArgumentParser, positive_int, run_main
 from common.metrics import format_greedy, format_parity, greedy_parity, parity, verdict
 from common.results import default_result_path, result_record, write_json
@@ -74,6 +78,15 @@ def encoder_states(model: T5Summarizer, prompts: list[str]) -> np.ndarray:
     return torch.cat(rows).double().numpy()
 
 
+def teacher_forced_inputs(model: T5Summarizer, seqs: list[list[int]], targets: list[list[int]]) -> dict:
+    """Encoder inputs and the decoder inputs that score each target: shifted right (the start token, then the
+    target without its last token), right-padded, on the model's device."""
+    decoder_ids = torch.full((len(targets), max(len(t) for t in targets)), model.pad_id, dtype=torch.long)
+    for row, tgt in enumerate(targets):
+        decoder_ids[row, : len(tgt)] = torch.tensor([model.decoder_start_id] + tgt[:-1])
+    return {**model.batch_tensors(seqs), "decoder_input_ids": decoder_ids.to(model.device)}
+
+
 @torch.inference_mode()
 def teacher_forced_logits(model: T5Summarizer, prompts: list[str], targets: list[list[int]]) -> list[np.ndarray]:
     """Decoder logits at every position of each target sequence: one (len(target), vocab) float64 array per prompt,
@@ -82,11 +95,7 @@ def teacher_forced_logits(model: T5Summarizer, prompts: list[str], targets: list
     out = []
     for start in range(0, len(ids), PARITY_BATCH_SIZE):
         seqs, tgts = ids[start: start + PARITY_BATCH_SIZE], targets[start: start + PARITY_BATCH_SIZE]
-        width = max(len(t) for t in tgts)
-        decoder_ids = torch.full((len(tgts), width), model.pad_id, dtype=torch.long)
-        for row, tgt in enumerate(tgts):  # shifted right: the start token, then the target without its last token
-            decoder_ids[row, : len(tgt)] = torch.tensor([model.decoder_start_id] + tgt[:-1])
-        logits = model.model(**model.batch_tensors(seqs), decoder_input_ids=decoder_ids.to(model.device)).logits
+        logits = model.model(**teacher_forced_inputs(model, seqs, tgts)).logits
         logits = logits.float().cpu()  # padding is on the right and the decoder is causal: real rows are exact
         out += [logits[i, : len(t)].double().numpy() for i, t in enumerate(tgts)]
     return out
@@ -101,8 +110,8 @@ def overflow_part(report: dict, dtype: str) -> dict:
     return {**report, "where": stack_of(report["first_module"]), "passed": not failures, "failures": failures}
 
 
-def measure(test: T5Summarizer, reference: T5Summarizer, prompts: list[str], max_new_tokens: int) -> dict:
-    """All four parts; the model under test runs inside the overflow watch."""
+def measure(test: T5Summarizer, reference: T5Summarizer, prompts: list[str], max_new_tokens: int) -> tuple[dict, list]:
+    """All four parts, and the reference's generations; the model under test runs inside the overflow watch."""
     want_gen = reference.generate_ids(prompts, max_new_tokens, 1, PARITY_BATCH_SIZE)
     want_encoder = encoder_states(reference, prompts)
     want_logits = teacher_forced_logits(reference, prompts, want_gen)
@@ -115,7 +124,20 @@ def measure(test: T5Summarizer, reference: T5Summarizer, prompts: list[str], max
     return {"encoder": parity(got_encoder, want_encoder, dtype),
             "decoder_logits": parity(np.concatenate(got_logits), np.concatenate(want_logits), dtype, logits=True),
             "generation": greedy_parity(got_gen, want_gen, got_logits, want_logits, dtype),
-            "overflow": overflow_part(watch.report(), dtype)}
+            "overflow": overflow_part(watch.report(), dtype)}, want_gen
+
+
+def diagnosis_probe(test: T5Summarizer, reference: T5Summarizer, prompts: list[str], targets: list | None) -> Probe:
+    """The first batch, teacher-forced on the reference's generations (before they exist, for --trace_ops: on the
+    decoder start token alone): encoder and decoder, every module."""
+    seqs = reference.tokenize(prompts[:PARITY_BATCH_SIZE])[0]
+    targets = [t or [reference.eos_id] for t in (targets or [[]] * len(seqs))[:PARITY_BATCH_SIZE]]
+    test_inputs = teacher_forced_inputs(test, seqs, targets)
+    reference_inputs = teacher_forced_inputs(reference, seqs, targets)
+    return Probe(test.model, reference.model, lambda: test.model(**test_inputs),
+                 lambda: reference.model(**reference_inputs), test.device, test.dtype,
+                 f"{len(seqs)} prompts ({sum(map(len, seqs))} tokens) teacher-forced on the reference's "
+                 f"{sum(map(len, targets))} generated tokens")
 
 
 def print_parts(parts: dict, max_new_tokens: int) -> None:
@@ -133,17 +155,21 @@ def main(args) -> int:
     test = T5Summarizer(args.model_path, args.device, args.dtype, args.max_input_length)
     reference = T5Summarizer(args.model_path, "cpu", "fp32", args.max_input_length, watch_overflow=False)
     print(f"{len(prompts)} prompts: {test.device} {test.dtype_name} vs cpu fp32 reference ({test.model_dir})")
-    parts = measure(test, reference, prompts, args.max_new_tokens)
+    # first: torch_npu reports each CPU fallback once per process
+    traced = trace_if_asked(args, lambda: diagnosis_probe(test, reference, prompts, None))
+    parts, want_gen = measure(test, reference, prompts, args.max_new_tokens)
     print_parts(parts, args.max_new_tokens)
     result = verdict(parts)
     print(f"OVERALL: {'PASS' if result['passed'] else 'FAIL'}")
     for failure in result["failures"]:
         print(f"  {failure}")
+    diagnosis = {**traced, **locate_if_needed(args, result["passed"],
+                                              lambda: diagnosis_probe(test, reference, prompts, want_gen))}
     output = Path(args.output or default_result_path(HERE, "parity", test.model_dir, test.device, test.dtype_name))
     write_json(output, result_record("parity", device=test.device, dtype=test.dtype_name, model=test.model_dir,
                                      headline={"passed": result["passed"]}, **result, prompts=len(prompts),
                                      max_new_tokens=args.max_new_tokens,
-                                     truncated=reference.tokenize(prompts)[1]))
+                                     truncated=reference.tokenize(prompts)[1], **diagnosis))
     print(f"wrote {output}")
     return 0 if result["passed"] else 1
 
@@ -153,6 +179,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--file", help="extra prompts, one per line, appended to the built-in ones")
     p.add_argument("--max_new_tokens", type=positive_int, default=MAX_NEW_TOKENS, help="reference generation length")
     p.add_argument("--output", help="result JSON (default results/parity_<model>_<device>_<dtype>.json)")
+    add_diagnosis_args(p)
     return add_model_args(p)
 
 

@@ -158,3 +158,13 @@ def test_causal_lm_port_for_another_architecture(repo_copy, qwen_model):
     assert report.returncode == 1 and "RESULTS.md is out of date" in report.stderr  # a new result to show
     assert run([sys.executable, "-m", "common.report", "--all"], repo_copy).returncode == 0
     assert run([sys.executable, "-m", "common.report", "--all", "--check"], repo_copy).returncode == 0
+
+
+def test_a_local_model_with_its_own_code_is_linted(tmp_path, capsys):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "modeling_x.py").write_text("import torch\nfrom flash_attn import flash_attn_func\n")
+    new_port.lint_model_code(tmp_path)
+    out = capsys.readouterr().out
+    assert "modeling_x.py:2:1: flash-attn" in out and "flash_attn_compat.install()" in out
+    new_port.lint_model_code(tmp_path / "modeling_x.py")  # a hub id or a file: nothing to lint, nothing printed
+    assert capsys.readouterr().out == ""
