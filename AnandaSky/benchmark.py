@@ -153,10 +153,11 @@ def main(args) -> int:
 
     sizes = [parse_size(s) for s in args.sizes]
     began = time.perf_counter()
-    ocr = AnandaSkyOCR(args.model_path, device=args.device, dtype=args.dtype)
+    ocr = AnandaSkyOCR(args.model_path, device=args.device, dtype=args.dtype, remote_code=args.remote_code)
     synchronize(ocr.device)
     load_s = time.perf_counter() - began
-    output = Path(args.output or default_result_path(HERE, "benchmark", ocr.folder, ocr.device, ocr.dtype_name))
+    output = Path(args.output or default_result_path(HERE, "benchmark", ocr.folder, ocr.device, ocr.dtype_name,
+                                                     "_remote_code" if args.remote_code else ""))
     reset_peak_memory(ocr.device)
     warm = line_images(*sizes[0], 1)
     for _ in range(args.warmup):
@@ -176,7 +177,7 @@ def main(args) -> int:
                            settings={"images": args.images, "new_tokens": args.new_tokens, "warmup": args.warmup,
                                      "prompt": DEFAULT_PROMPT},
                            load_s=load_s, parameters=ocr.num_parameters(), sizes=rows,
-                           memory={**memory, "weights_mib": weights_mib})
+                           memory={**memory, "weights_mib": weights_mib}, **ocr.describe())
     write_json(output, result)
     if not args.no_plot:
         plot(result, output.with_suffix(".png"))

@@ -12,15 +12,23 @@ compared with common.metrics.parity in float64 against the dtype's thresholds; b
           positions are left out: nothing reads their logits (generation continues from the last position, training
           masks them with -100), so in a trained model they are untrained, near-flat noise whose top-1 is decided by
           rounding. Their effect on the text is still scored: every later text position attends to the image.
+With --remote_code the model under test runs the weights folder's own modeling code (behind
+common.flash_attn_compat.install()), while the reference stays on this folder's patched code: the upstream code on
+the device checked against the port. The record says which code each side ran (code_source, reference_code_source).
 Writes a parity result record (JSON); exit 0 on PASS, 1 on FAIL.
+Diagnosis (common.diagnose), on the first input (rendered image + prompt): --trace_ops (every aten op of the prefill
+on the device, CPU fallbacks, host syncs) and --locate (vision tower, bridge and decoder, module by module against
+the reference; automatic after a FAIL).
 """
 from __future__ import annotations
 
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
 
+from common.diagnose import Probe, add_diagnosis_args, locate_if_needed, trace_if_asked
 from common.errors import ArgumentParser, run_main
 from common.metrics import format_parity, parity, verdict
 from common.results import default_result_path, result_record, write_json
@@ -71,14 +79,26 @@ def parity_parts(test: AnandaSkyOCR, reference: AnandaSkyOCR, inputs: list) -> t
     return parts, positions
 
 
+def diagnosis_probe(test: AnandaSkyOCR, reference: AnandaSkyOCR, image, prompt: str) -> Probe:
+    """The prefill of one (image, prompt): vision encoder, bridge and decoder in one forward, both sides."""
+    test_inputs, reference_inputs = test.encode([image], prompt), reference.encode([image], prompt)
+    return Probe(test.model, reference.model, lambda: test.model(**test_inputs, use_cache=False),
+                 lambda: reference.model(**reference_inputs, use_cache=False), test.device, test.dtype,
+                 f"1 image ({int(reference_inputs['image_grid_hw'].prod())} patches) + prompt, "
+                 f"{reference_inputs['input_ids'].shape[1]} tokens")
+
+
 def main(args) -> int:
     """Parity of --device/--dtype against CPU float32; writes the record; 0 on PASS, 1 on FAIL. Also what
     `inference.py --eval` runs, with that parser's arguments."""
     folder = resolve_folder(args.model_path)
     inputs = eval_inputs(args.image, args.prompt)  # every input checked before the models load
     valid_prompt(args.prompt)
-    test = AnandaSkyOCR(folder, args.device, args.dtype)
+    test = AnandaSkyOCR(folder, args.device, args.dtype, remote_code=args.remote_code)
     reference = AnandaSkyOCR(folder, "cpu", "fp32")
+    _, first_image, first_prompt = inputs[0]
+    probe = partial(diagnosis_probe, test, reference, first_image, first_prompt)
+    traced = trace_if_asked(args, probe)  # first: torch_npu reports each CPU fallback once per process
     parts, positions = parity_parts(test, reference, [(image, prompt) for _, image, prompt in inputs])
     result = verdict(parts)
     print(f"{MODEL_NAME} parity, {len(inputs)} inputs (image x prompt): {test.device} {test.dtype_name} vs cpu fp32 "
@@ -86,12 +106,15 @@ def main(args) -> int:
     for name, part in parts.items():
         print(f"{name}:\n{format_parity(part)}")
     print(f"OVERALL: {'PASS' if result['passed'] else 'FAIL'}")
+    diagnosis = {**traced, **locate_if_needed(args, result["passed"], probe)}
     described = [{"image": name, "size_wh": list(image.size), "prompt": prompt, **pos}
                  for (name, image, prompt), pos in zip(inputs, positions)]
-    output = Path(args.output or default_result_path(HERE, "parity", folder, test.device, test.dtype_name))
+    output = Path(args.output or default_result_path(HERE, "parity", folder, test.device, test.dtype_name,
+                                                          "_remote_code" if args.remote_code else ""))
     write_json(output, result_record("parity", device=test.device, dtype=test.dtype_name, model=folder,
                                      headline={"passed": result["passed"]}, **result, inputs=described,
-                                     num_parameters=test.num_parameters()))
+                                     num_parameters=test.num_parameters(), **test.describe(),
+                                     reference_code_source=reference.code_source, **diagnosis))
     print(f"wrote {output}")
     return 0 if result["passed"] else 1
 
@@ -103,6 +126,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="instruction given with each image")
     parser.add_argument("--output", default=None,
                         help="result JSON (default results/parity_<model>_<device>_<dtype>.json)")
+    add_diagnosis_args(parser)
     return parser
 
 

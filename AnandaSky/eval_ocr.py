@@ -163,12 +163,13 @@ def main(args) -> int:
     device = resolve_device(args.device)  # resolved before the model loads: a bad device fails at once
     output = Path(args.output or default_result_path(HERE, "task", model, device,
                                                      dtype_name(resolve_dtype(args.dtype, device)),
-                                                     f"_ocr_{folder.name}"))
+                                                     f"_ocr_{folder.name}{'_remote_code' if args.remote_code else ''}"))
     log = output.with_suffix(".jsonl")
     config = {"data": folder.name, "num_lines": len(items), "model_path": args.model_path, "dtype": args.dtype,
-              "prompt": args.prompt, "max_new_tokens": args.max_new_tokens, "rotate": args.rotate}
+              "prompt": args.prompt, "max_new_tokens": args.max_new_tokens, "rotate": args.rotate,
+              "remote_code": args.remote_code}  # a resumed run must use the same modeling code
     records = open_run_log(log, config, args.resume, "eval_ocr.py")  # before the model loads: fail fast
-    ocr = AnandaSkyOCR(model, device=args.device, dtype=args.dtype)
+    ocr = AnandaSkyOCR(model, device=args.device, dtype=args.dtype, remote_code=args.remote_code)
     done = {r["image"] for r in records}
     todo = [item for item in items if item["image"] not in done]
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc="ocr", unit="line", file=sys.stderr)
@@ -184,7 +185,7 @@ def main(args) -> int:
     subset = f" (first {len(items)} of {len(all_items)} lines)" if len(items) < len(all_items) else ""
     headline = {"metric": f"CER % on {folder.name}{subset}", "value": 100 * results["cer"]}
     write_json(output, result_record("task", device=ocr.device, dtype=ocr.dtype_name, model=model, headline=headline,
-                                     config=config, log=str(log), results=results))
+                                     config=config, log=str(log), results=results, **ocr.describe()))
     interval = results["cer_ci95"]
     print(f"{results['num_lines']} lines: CER {results['cer']:.4f}"
           + (f" (95% CI {interval['low']:.4f}-{interval['high']:.4f})" if interval else "")

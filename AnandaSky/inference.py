@@ -10,11 +10,22 @@ Python:
     ocr = AnandaSkyOCR("models/AnandaSky", device="auto")       # dtype auto: bf16 on accelerators, fp32 on CPU
     ocr.recognize(["line1.png", pil_image])                     # -> ["text 1", "text 2"], one batched pass
     ocr.logits(pil_image)                                       # prefill logits (seq_len, vocab), float32, CPU
+    AnandaSkyOCR("models/AnandaSky", remote_code=True).describe()  # the folder's own code: code_source, lint findings
 
-The model code is always this folder's modeling_anandasky_patched.py (imported here, then `from_pretrained`), never
-the modeling file inside the weights folder: the upstream file there needs flash_attn. `--model_path` defaults to
-$ANANDASKY_MODEL_PATH; there is no hub download. `--eval` is the seed's spelling of `eval_accuracy.py` (the device
-and dtype under test against a CPU float32 reference; same flags, same result file, exit 1 on FAIL).
+The model code is this folder's modeling_anandasky_patched.py (imported here, then `from_pretrained`), not the
+modeling file inside the weights folder: the upstream file there needs flash_attn. `--remote_code` (alias
+`--trust_remote_code`) runs the weights folder's own code instead, to check it against the patched one:
+
+    python inference.py --model_path models/AnandaSky --remote_code --image line.png
+
+It needs config.json's auto_map to name a modeling file that is in the folder, lints that code (common.lint_port:
+which findings `common.flash_attn_compat.install()` covers, which still need attention, on stderr), installs the
+flash_attn stand-in and loads with trust_remote_code, refusing any missing or unexpected weight. The processor is
+this folder's processor.py either way.
+
+`--model_path` defaults to $ANANDASKY_MODEL_PATH; there is no hub download. `--eval` is the seed's spelling of
+`eval_accuracy.py` (the device and dtype under test against a CPU float32 reference; same flags, same result file,
+exit 1 on FAIL).
 """
 from __future__ import annotations
 
@@ -31,6 +42,7 @@ from common.errors import ArgumentParser, UserError, first_line, positive_int, r
 from common.model_path import check_weights
 from modeling_anandasky_patched import AnandaSkyForConditionalGeneration
 from processor import AnandaSkyProcessor, ImageError, check_prompt, load_image
+from remote_code import PATCHED_CODE, load_remote_model, prepare_remote_code, remote_code_files
 
 # The port's identity: `python -m common.new_port` rewrites these lines when it copies this folder.
 MODEL_NAME = "AnandaSky"  # headings, messages, result labels
@@ -73,16 +85,20 @@ def resolve_folder(model_path: str | None) -> Path:
     return check_weights(folder)
 
 
-def load_model(folder: Path, dtype: torch.dtype):
-    """(processor, model) from a checked folder, with this folder's patched modeling code. One-line errors."""
+def load_model(folder: Path, dtype: torch.dtype, remote_auto_class: str | None = None):
+    """(processor, model) from a checked folder, with this folder's patched modeling code, or with the folder's own
+    code through `remote_auto_class` (see prepare_remote_code). One-line errors."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     try:
         processor = AnandaSkyProcessor.from_pretrained(folder)
-        model = AnandaSkyForConditionalGeneration.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa")
+        if remote_auto_class is None:
+            model = AnandaSkyForConditionalGeneration.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UserError(f"cannot load the model from {str(folder)!r}: {first_line(exc)}") from None
+    if remote_auto_class is not None:
+        model = load_remote_model(folder, remote_auto_class, dtype)
     if processor.image_token_id != model.config.image_token_id:
         raise UserError(f"{str(folder)!r}: the tokenizer's <|image_pad|> id {processor.image_token_id} is not the "
                         f"config's image_token_id {model.config.image_token_id}")
@@ -105,14 +121,26 @@ def read_image(source):
 
 
 class AnandaSkyOCR:
-    """Images -> recognised text with the AnandaSky VLM: `recognize(images)`, and `logits(image)` for parity."""
+    """Images -> recognised text with the AnandaSky VLM: `recognize(images)`, and `logits(image)` for parity.
+    remote_code=True runs the weights folder's own modeling code (see the module docstring); `code_source` says
+    which code runs, `remote_code_findings` what common.lint_port found in the folder's code."""
 
-    def __init__(self, model_path=None, device: str = "auto", dtype: str = "auto"):
+    def __init__(self, model_path=None, device: str = "auto", dtype: str = "auto", remote_code: bool = False):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.folder = resolve_folder(None if model_path is None else str(model_path))
-        self.processor, model = load_model(self.folder, self.dtype)
+        auto_class, self.code_source, self.remote_code_findings = None, f"patched: {PATCHED_CODE}", []
+        if remote_code:
+            auto_class, self.code_source, self.remote_code_findings = prepare_remote_code(self.folder)
+        self.processor, model = load_model(self.folder, self.dtype, auto_class)
         self.model = model.to(self.device)
+
+    def describe(self) -> dict:
+        """Which modeling code runs, for result records: code_source, and the lint findings of remote code."""
+        described = {"code_source": self.code_source}
+        if self.code_source.startswith("remote"):
+            described["remote_code_findings"] = self.remote_code_findings
+        return described
 
     @property
     def dtype_name(self) -> str:
@@ -171,6 +199,9 @@ def add_model_args(parser: ArgumentParser) -> None:
     parser.add_argument("--model_path", default=None, help=f"{MODEL_NAME} weights folder (default {DEFAULT_MODEL})")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | npu[:N] | mps")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on accelerators, fp32 on CPU) | fp32 | bf16 | fp16")
+    parser.add_argument("--remote_code", "--trust_remote_code", action="store_true",
+                        help="run the weights folder's own modeling code (config.json auto_map) with the flash_attn "
+                             f"stand-in, after linting it, instead of {PATCHED_CODE}")
 
 
 def build_parser() -> ArgumentParser:
@@ -195,10 +226,13 @@ def main(args) -> int:
     folder = resolve_folder(args.model_path)
     if not args.image:
         raise UserError("pass --image PATH [PATH ...] to read text from images (or --eval for the parity check)")
+    if args.remote_code:
+        remote_code_files(folder)  # a folder without code of its own fails now, not after the images are read
     images = [read_image(path) for path in args.image]  # every input checked before the model loads
     valid_prompt(args.prompt)
-    ocr = AnandaSkyOCR(folder, args.device, args.dtype)
-    sys.stderr.write(f"model {folder} on {ocr.device} ({ocr.dtype_name}), {len(images)} image(s)\n")
+    ocr = AnandaSkyOCR(folder, args.device, args.dtype, remote_code=args.remote_code)
+    sys.stderr.write(f"model {folder} on {ocr.device} ({ocr.dtype_name}), {ocr.code_source}, "
+                     f"{len(images)} image(s)\n")
     texts = ocr.recognize(images, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
                           batch_size=args.batch_size)
     for path, text in zip(args.image, texts):

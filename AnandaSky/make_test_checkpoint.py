@@ -1,6 +1,7 @@
 """Build a random-weight AnandaSky checkpoint (the full architecture, ~41M parameters) for tests and CI.
 
     python make_test_checkpoint.py --output test_checkpoint     # then: inference.py --model_path test_checkpoint
+    python make_test_checkpoint.py --output upstream_checkpoint --upstream_code   # for inference.py --remote_code
 
 The real weights are not public. This folder has everything a real one has, loaded through the same code paths:
 config.json (with auto_map, so `AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)` works),
@@ -11,6 +12,9 @@ decoder is shrunk (3 layers, hidden 512) but keeps head_dim 128, grouped-query a
 and the tied embedding. Random weights (the embedding scaled so that predictions are peaked, see EMBED_STD): the
 text is gibberish, the code path is real. Seeded: the same bytes on every build. A few seconds on a laptop CPU.
 The folder is marked as a test checkpoint (test_checkpoint.json), so results measured on it never say "real".
+`--upstream_code` swaps the modeling file for the upstream-style fixture (tests/fixtures/anandasky_upstream/: the
+same weights' code written the way the real remote code is, flash_attn imports included) and points config.json's
+auto_map at it: the folder to try `inference.py --remote_code` on.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from common.errors import ArgumentParser, run_main
+from common.errors import ArgumentParser, UserError, run_main
 from common.results import mark_test_checkpoint
 from modeling_anandasky_patched import AnandaSkyConfig, AnandaSkyForConditionalGeneration
 from processor import AnandaSkyProcessor
@@ -34,6 +38,11 @@ VOCAB_MULTIPLE = 64  # the embedding is padded to a multiple, as Qwen3's 151,936
 # "repeat the token") prediction, robust to rounding. The special and whitespace-only tokens keep 0.02, so after
 # "<|im_start|>assistant\n" the context, not the newline, picks the first generated token.
 EMBED_STD, QUIET_EMBED_STD = 0.1, 0.02
+# The upstream-style remote code fixture (flash_attn imports, CUDA autocast) that --upstream_code drops in.
+UPSTREAM_FIXTURE = (Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "anandasky_upstream"
+                    / "modeling_anandasky.py")
+UPSTREAM_CLASSES = {"AutoConfig": "AnandaSkyConfig", "AutoModel": "AnandaSkyForConditionalGeneration",
+                    "AutoModelForCausalLM": "AnandaSkyForConditionalGeneration"}  # auto_map entries, class names
 PARAM_RANGE = (38e6, 44e6)  # the checkpoint must stay ~41M parameters: real vision tower + shrunk decoder
 TEXT_CONFIG = dict(  # Qwen3-0.6B: hidden 1024, 28 layers, 16/8 heads x 128, MLP 3072, vocab 151936; shrunk
     hidden_size=512, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=128,
@@ -153,14 +162,43 @@ def build(out_dir) -> Path:
     return folder
 
 
+def check_modeling_file(modeling_file) -> Path:
+    """The modeling file to drop in, checked before any work (UserError naming the path)."""
+    source = Path(modeling_file)
+    if not source.is_file():
+        raise UserError(f"upstream-style modeling file {str(source)!r} not found (it lives in the repository's "
+                        "tests/fixtures/); run from a full checkout")
+    return source
+
+
+def use_upstream_code(folder, modeling_file=UPSTREAM_FIXTURE) -> Path:
+    """Make a built checkpoint folder carry `modeling_file` as its only modeling code, as a real download does:
+    the file copied in, config.json's auto_map pointing at it, the patched copy removed. Returns the folder."""
+    folder, source = Path(folder), check_modeling_file(modeling_file)
+    (folder / source.name).write_bytes(source.read_bytes())
+    (folder / "modeling_anandasky_patched.py").unlink(missing_ok=True)
+    config_file = folder / "config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["auto_map"] = {auto: f"{source.stem}.{name}" for auto, name in UPSTREAM_CLASSES.items()}
+    config_file.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    return folder
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", required=True, type=Path, help="folder to write (created if needed)")
+    parser.add_argument("--upstream_code", action="store_true",
+                        help="carry the upstream-style modeling file (flash_attn imports) instead of the patched one, "
+                             "for inference.py --remote_code")
     return parser
 
 
 def main(args) -> int:
+    if args.upstream_code:
+        check_modeling_file(UPSTREAM_FIXTURE)  # before the build, not after it
     folder = build(args.output)
+    if args.upstream_code:
+        use_upstream_code(folder)
     counts = json.loads((folder / "parameter_counts.json").read_text(encoding="utf-8"))
     print(", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items()) + " parameters")
     print(folder)

@@ -63,6 +63,58 @@ def test_eval_accuracy_passes(checkpoint, cli, capsys, tmp_path, monkeypatch, dt
     assert result["parts"]["logits"]["thresholds"]["top1_agreement"]["min"] > 0.9
 
 
+def plant_wrong_op(model_class, monkeypatch) -> list[str]:
+    """The model under test (built before the reference) computes one wrong op: the Linear in the middle of its
+    module list returns its features in reverse order (a scaled output would not do: a following norm, like Qwen3's
+    k_norm, cancels a scale). Returns the planted module's name (filled in once the model is built)."""
+    import torch
+
+    real_init, planted = model_class.__init__, []
+
+    def init_with_fault(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        if not planted:
+            linears = [(n, m) for n, m in self.model.named_modules() if isinstance(m, torch.nn.Linear)]
+            name, module = linears[len(linears) // 2]
+            module.register_forward_hook(lambda mod, inputs, output: output.flip(-1))
+            planted.append(name)
+
+    monkeypatch.setattr(model_class, "__init__", init_with_fault)
+    return planted
+
+
+def test_locate_runs_after_a_fail_and_names_the_broken_module(checkpoint, cli, tmp_path, monkeypatch, capsys):
+    class_name = load_script(FOLDER, "inference").MODEL_CLASS
+    evaluator = load_script(FOLDER, "eval_accuracy")
+    planted = plant_wrong_op(getattr(evaluator, class_name), monkeypatch)
+    out = tmp_path / "parity.json"
+    assert cli(evaluator, "--model_path", checkpoint, "--device", "cpu", "--dtype", "fp32", "--output", out) == 1
+    result = json.loads(out.read_text())
+    locate = result["locate"]
+    assert result["passed"] is False and locate["reason"].startswith("after the FAIL")
+    assert locate["first_divergent_module"] == planted[0] and locate["first_nonfinite_module"] is None
+    names = [record["module"] for record in locate["modules"]]
+    first = names.index(planted[0])
+    assert first > 0 and not any(record["past_threshold"] for record in locate["modules"][:first])
+    assert locate["modules"][first]["past_threshold"] and locate["modules"][first]["input_rel_l2"] == 0
+    assert planted[0] in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_trace_ops_and_locate_on_the_clean_model(checkpoint, cli, tmp_path, dtype):
+    out = tmp_path / "parity.json"
+    assert cli(load_script(FOLDER, "eval_accuracy"), "--model_path", checkpoint, "--device", "cpu", "--dtype", dtype,
+               "--trace_ops", "--locate", "--output", out) == 0
+    result = json.loads(out.read_text())
+    trace, locate = result["trace_ops"], result["locate"]
+    assert trace["device"] == "cpu" and trace["dtype"] == dtype and trace["total_calls"] > 0
+    assert trace["flags"]["cpu_ops"] == [] and trace["flags"]["fallbacks"] == []  # the target is the CPU itself
+    assert any(op["op"] in ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear") for op in trace["ops"])
+    assert dtype == "bf16" or trace["flags"]["fp32_ops"] == []
+    assert locate["reason"] == "asked for (--locate)" and locate["compared"] > 10
+    assert locate["first_divergent_module"] is None and locate["first_nonfinite_module"] is None
+
+
 def test_task_eval_on_real_data(checkpoint, cli, tmp_path, shared_data):
     task = load_script(FOLDER, "eval_ocr")
     output = tmp_path / "task.json"

@@ -1,0 +1,182 @@
+"""`--remote_code` for AnandaSky: run the weights folder's own modeling code, linted first, behind the flash_attn
+stand-in, loaded strictly.
+
+    python inference.py --model_path models/AnandaSky --remote_code --image line.png
+
+The upstream AnandaSky code imports flash_attn (NVIDIA-only). This module checks that config.json's auto_map names
+a modeling file inside the weights folder, lints that code with common.lint_port and says, on stderr, which findings
+`common.flash_attn_compat.install()` covers (a flash_attn import or use that resolves once the stand-in is
+installed) and which still need attention (an autocast tied to the CUDA device type, host syncs, ...), installs the
+stand-in, and loads the model with trust_remote_code, refusing any missing, unexpected or mismatched weight.
+inference.AnandaSkyOCR(remote_code=True) calls it; without the flag the folder's code never runs.
+"""
+from __future__ import annotations
+
+import ast
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from common.errors import UserError, first_line
+
+PATCHED_CODE = "modeling_anandasky_patched.py"  # the code used without --remote_code (this folder's own)
+REMOTE_AUTO_CLASSES = ("AutoModelForCausalLM", "AutoModel")  # auto_map entries --remote_code loads, first found wins
+COMPAT_RULE = "flash-attn"  # common.lint_port's rule for flash_attn use: the only one the compatibility layer covers
+COMPAT_NAME = "flash_attn_compat.install()"  # what covers it, as the summary and the findings' covered_by say
+
+
+def remote_code_files(folder: Path) -> tuple[str, list[Path]]:
+    """(the auto class to load, the folder's code files that run: the model's module, the config's, and what they
+    import relatively). UserError when config.json does not declare code of the folder's own, or the file is absent."""
+    from transformers.dynamic_module_utils import get_relative_import_files
+
+    auto_map = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("auto_map") or {}
+    auto_class = next((name for name in REMOTE_AUTO_CLASSES if name in auto_map), None)
+    if auto_class is None:
+        raise UserError(f"{str(folder)!r} carries no modeling code of its own (config.json has no auto_map entry for "
+                        f"{' or '.join(REMOTE_AUTO_CLASSES)}); drop --remote_code to use {PATCHED_CODE}")
+    files = []
+    for key in (auto_class, "AutoConfig"):
+        reference = auto_map.get(key)
+        if reference is None:
+            continue
+        if "--" in reference:  # "other/repo--module.Class": code in another hub repository, not in this folder
+            raise UserError(f"{str(folder)!r}: auto_map {key} points at another repository ({reference}); only code "
+                            f"inside the weights folder is run; drop --remote_code to use {PATCHED_CODE}")
+        file = folder / f"{reference.rsplit('.', 1)[0]}.py"
+        if not file.is_file():
+            raise UserError(f"{str(folder)!r}: config.json's auto_map names {reference} but {file.name} is not in the "
+                            f"folder; copy the model's code there, or drop --remote_code to use {PATCHED_CODE}")
+        files += [file] + [Path(f) for f in get_relative_import_files(file)]
+    return auto_class, list(dict.fromkeys(files))
+
+
+def _flash_attn_refs(tree: ast.Module, line: int) -> list[str]:
+    """Dotted names of the flash_attn objects that the code on `line` imports or uses ("flash_attn.bert_padding.
+    pad_input"), resolving names the file bound by its flash_attn imports."""
+    bound, refs = {}, []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [(a.asname or a.name.split(".")[0], a.name if a.asname else a.name.split(".")[0], a.name)
+                     for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [(a.asname or a.name, f"{node.module}.{a.name}", f"{node.module}.{a.name}") for a in node.names]
+        else:
+            continue
+        for local, target, imported in names:
+            if imported.split(".")[0] == "flash_attn":
+                bound[local] = target
+                if node.lineno <= line <= node.end_lineno:
+                    refs.append(imported)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id in bound and node.lineno == line:
+            refs.append(bound[node.id])
+        elif isinstance(node, ast.Attribute) and node.lineno == line:
+            chain, base = [node.attr], node.value
+            while isinstance(base, ast.Attribute):
+                chain, base = [base.attr, *chain], base.value
+            if isinstance(base, ast.Name) and base.id in bound:
+                refs.append(".".join([bound[base.id], *chain]))
+    return refs
+
+
+def _resolves(dotted: str) -> bool:
+    """Whether `dotted` (module path, then attributes) exists now, i.e. with the flash_attn stand-in installed."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except Exception:  # noqa: BLE001 - a missing module, or a real flash_attn that cannot load here
+            continue
+        for attr in parts[cut:]:
+            if not hasattr(obj, attr):
+                return False
+            obj = getattr(obj, attr)
+        return True
+    return False
+
+
+def lint_remote_code(folder: Path, files: list[Path], covered_by: str) -> list[dict]:
+    """common.lint_port findings in the folder's code, as dicts with the path relative to the folder, the flagged
+    source line (`code`) and `covered_by`: set for a flash_attn import or use that resolves now (the stand-in
+    installed), None for everything that still needs attention."""
+    from common.lint_port import lint_paths
+
+    trees, out = {}, []
+    for finding in lint_paths(files):
+        path = Path(finding.path)
+        if path not in trees:
+            source = path.read_text(encoding="utf-8")
+            trees[path] = (ast.parse(source), source.splitlines())
+        tree, lines = trees[path]
+        refs = _flash_attn_refs(tree, finding.line) if finding.rule == COMPAT_RULE else []
+        covered = bool(refs) and all(_resolves(ref) for ref in refs)
+        out.append({**finding.to_dict(), "path": Path(os.path.relpath(path.absolute(), folder.absolute())).as_posix(),
+                    "code": lines[finding.line - 1].strip() if finding.line <= len(lines) else "",
+                    "covered_by": covered_by if covered else None})
+    return out
+
+
+def format_remote_code(folder: Path, code_source: str, findings: list[dict]) -> str:
+    """The stderr summary: what runs, which lint findings the compatibility layer covers (with the source line),
+    which need attention (file:line:col, rule, what breaks -> the fix)."""
+    covered = [f for f in findings if f["covered_by"]]
+    todo = [f for f in findings if not f["covered_by"]]
+    counts = f"{len(findings)} finding(s): {len(covered)} covered, {len(todo)} need attention" if findings else "clean"
+    out = [f"--remote_code: running {code_source.split(': ', 1)[-1]} from {folder} (the weights folder's own code); "
+           f"common.lint_port: {counts}"]
+    if covered:
+        out.append(f"  covered by {covered[0]['covered_by']}:")
+        out += [f"    {f['path']}:{f['line']}: {f['code']}" for f in covered]
+    if todo:
+        out.append("  needs attention (the compatibility layer does not cover these; a port fixes them):")
+        out += [f"    {f['path']}:{f['line']}:{f['col']}: {f['rule']} {f['message']} -> {f['fix']}" for f in todo]
+    return "\n".join(out)
+
+
+def prepare_remote_code(folder: Path) -> tuple[str, str, list[dict]]:
+    """Before the folder's code is imported: (auto class, code_source, lint findings); the flash_attn stand-in
+    installed, the summary written to stderr."""
+    from common import flash_attn_compat
+
+    auto_class, files = remote_code_files(folder)
+    # install() leaves a real, importable flash_attn alone: then that package is what the imports get
+    covered_by = COMPAT_NAME if flash_attn_compat.install() else "the installed flash_attn package"
+    try:
+        findings = lint_remote_code(folder, files, covered_by)
+    except (SyntaxError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read the folder's modeling code {files[0].name}: {first_line(exc)}") from None
+    code_source = f"remote: {files[0].name}"
+    sys.stderr.write(format_remote_code(folder, code_source, findings) + "\n")
+    return auto_class, code_source, findings
+
+
+def load_remote_model(folder: Path, auto_class: str, dtype: torch.dtype):
+    """The folder's own model class through trust_remote_code, strictly: every weight in the checkpoint loaded and
+    every parameter of the model found there, or UserError (a model with random parts is never returned)."""
+    import transformers
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the loading table would repeat, over many lines, the one line said below
+    try:
+        model, info = getattr(transformers, auto_class).from_pretrained(
+            folder, trust_remote_code=True, dtype=dtype, output_loading_info=True)
+    except Exception as exc:  # noqa: BLE001 - the folder's own code can raise anything while it imports or builds
+        raise UserError(f"the folder's own code could not load {str(folder)!r} ({type(exc).__name__}: "
+                        f"{first_line(exc)}); drop --remote_code to use {PATCHED_CODE}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    problems = {kind: sorted(str(k) for k in info.get(kind) or ())
+                for kind in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")}
+    problems = {kind: keys for kind, keys in problems.items() if keys}
+    if problems:
+        said = "; ".join(f"{len(keys)} {kind.replace('_', ' ')} ({', '.join(keys[:3])}"
+                         f"{', ...' if len(keys) > 3 else ''})" for kind, keys in problems.items())
+        raise UserError(f"the folder's own code and its weights do not match: {said}; refusing to run a model with "
+                        f"random parts (check the checkpoint, or drop --remote_code to use {PATCHED_CODE})")
+    return model
