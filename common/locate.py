@@ -335,7 +335,7 @@ def _verdict(r: dict) -> str:
         return (f"{r['nonfinite']} NaN/inf where the reference is finite (its input: {r['input_nonfinite']}"
                 + (", so this module made them)" if not r["input_nonfinite"] else ")"))
     return (f"rel_l2 {r['rel_l2']:.3g} from input rel_l2 {_num(r['input_rel_l2']).strip()} "
-            f"(growth {r['growth']:.3g}: the error this module adds itself)")
+            f"(growth {r['growth']:.3g}: its output error over its input error)")
 
 
 def format_locate(report: dict, show: int = 5) -> str:

@@ -67,7 +67,8 @@ def test_eval_accuracy_passes(cli, tiny, tmp_path, capsys, dtype, rel_l2_max):
 
 def plant_wrong_op(model_class, monkeypatch) -> list[str]:
     """The model under test (built before the reference) computes one wrong op: the Linear in the middle of its
-    module list returns its output x1.5. Returns the planted module's name (filled in once the model is built)."""
+    module list returns its features in reverse order (a scaled output would not do: a following norm, like Qwen3's
+    k_norm, cancels a scale). Returns the planted module's name (filled in once the model is built)."""
     import torch
 
     real_init, planted = model_class.__init__, []
@@ -77,7 +78,7 @@ def plant_wrong_op(model_class, monkeypatch) -> list[str]:
         if not planted:
             linears = [(n, m) for n, m in self.model.named_modules() if isinstance(m, torch.nn.Linear)]
             name, module = linears[len(linears) // 2]
-            module.register_forward_hook(lambda mod, inputs, output: output * 1.5)
+            module.register_forward_hook(lambda mod, inputs, output: output.flip(-1))
             planted.append(name)
 
     monkeypatch.setattr(model_class, "__init__", init_with_fault)
