@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from common.device import dtype_name, resolve_device, resolve_dtype
+from common.diagnose import add_diagnosis_args
 from common.errors import ArgumentParser, UserError, first_line, positive_int, run_main
 from common.model_path import check_weights
 from modeling_anandasky_patched import AnandaSkyForConditionalGeneration
@@ -215,6 +216,7 @@ def build_parser() -> ArgumentParser:
                         help="run eval_accuracy.py: parity of --device/--dtype vs CPU fp32 (PASS/FAIL)")
     parser.add_argument("--output", default=None,
                         help="--eval result file (default results/parity_<model>_<device>_<dtype>.json)")
+    add_diagnosis_args(parser)  # with --eval, as in eval_accuracy.py
     return parser
 
 
@@ -223,6 +225,8 @@ def main(args) -> int:
         import eval_accuracy  # this folder's script (imported here: it imports this module)
 
         return eval_accuracy.main(args)
+    if args.trace_ops or args.locate or args.no_locate:
+        raise UserError("--trace_ops, --locate and --no_locate go with --eval (the parity check they diagnose)")
     folder = resolve_folder(args.model_path)
     if not args.image:
         raise UserError("pass --image PATH [PATH ...] to read text from images (or --eval for the parity check)")

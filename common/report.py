@@ -13,7 +13,8 @@ A table is declared in the readme by a marker holding JSON, and everything up to
 "files" is a glob relative to the folder, one row per file; with "rows": "key" each file gives one row per item
 of that list. A column key is dotted ("ours.p50_ms"; "spearman_ci95.0" for a list's item), looked up in the row
 and then in the file's top level; the optional third item is a format spec ("verdict" renders a boolean as
-PASS/FAIL). "where" ({"key": value}) filters rows. A key that is in neither place is an error naming the file and
+PASS/FAIL). "where" ({"key": value}) filters rows; "has": "key" keeps only the files that have that (dotted,
+top-level) key, for a section only some runs write (a parity run's --trace_ops). A key that is in neither place is an error naming the file and
 the key (a typo must not render as "–"); a JSON null, or a null on the way down a dotted key, renders "–". Under
 each table a line names the source files with the command, device, dtype, date and torch version recorded in them.
 
@@ -97,8 +98,18 @@ def _read_json(file: Path) -> dict:
         raise UserError(f"{file} is not valid JSON ({exc}); rerun the script that writes it") from None
 
 
+def _has(doc: dict, dotted: str) -> bool:
+    for part in dotted.split("."):
+        if not isinstance(doc, dict) or part not in doc:
+            return False
+        doc = doc[part]
+    return True
+
+
 def render_table(folder: Path, spec: dict) -> str:
     files = sorted(folder.glob(spec["files"]))
+    if spec.get("has"):
+        files = [file for file in files if _has(_read_json(file), spec["has"])]
     header = [c[1] for c in spec["cols"]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     sources = []

@@ -56,6 +56,13 @@ def test_eval_fails_when_the_device_side_is_wrong(inference, anandasky_checkpoin
     assert any("rel_l2" in failure for failure in parts["vision"]["failures"])
     assert result["headline"] == {"passed": False} and result["failures"][0].startswith("vision: ")
     assert len(result["inputs"]) == 8  # the scan was added to the three rendered images, each with two prompts
+    assert result["locate"]["first_divergent_module"] == "bridge.fc2"  # run by itself after the FAIL
+
+
+def test_diagnosis_flags_need_eval(inference, anandasky_checkpoint, cli, capsys, shared_data):
+    assert cli(inference, "--model-path", anandasky_checkpoint, "--image", scans(shared_data, 1)[0], "--locate") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "go with --eval" in err[0]
 
 
 def test_ocr_real_scans_through_main(inference, anandasky_checkpoint, shared_data, cli, capsys):

@@ -463,6 +463,20 @@ def test_report_renders_table_and_sources(report_folder, capsys):
     assert text.endswith("<!-- end results -->\n\nOutro.\n")
 
 
+def test_report_has_keeps_only_files_with_the_section(report_folder):
+    """A section only some runs write (--trace_ops): the files without it are left out, not an error."""
+    marker = ('<!-- results {"files": "results/*.json", "has": "trace", "cols": [["trace.calls", "calls"]]} -->\n'
+              '<!-- end results -->')
+    (report_folder / "readme.md").write_text(f"# Model\n\n{marker}\n", encoding="utf-8")
+    write_json(report_folder / "results" / "c.json", {"meta": _meta("python run.py --trace", "2025-03-04"),
+                                                      "trace": {"calls": 7}})
+    assert report.cli([str(report_folder)]) == 0
+    text = (report_folder / "readme.md").read_text(encoding="utf-8")
+    assert "| calls |\n|---|\n| 7 |\n" in text and "`results/c.json`" in text and "a.json" not in text
+    (report_folder / "readme.md").write_text(f"# Model\n\n{marker.replace('has', 'hs')}\n", encoding="utf-8")
+    assert report.cli([str(report_folder)]) == 2  # without "has", a file lacking the key is an error
+
+
 def test_report_check(report_folder, capsys):
     assert report.cli([str(report_folder), "--check"]) == 1  # tables never generated yet
     assert report.cli([str(report_folder)]) == 0

@@ -242,8 +242,10 @@ def test_profile_joins_cpu_self_time_by_op_name():
 def test_report_is_json_serialisable():
     report = trace("item", dtype=torch.bfloat16)
     assert json.loads(json.dumps(report)) == report
-    assert set(report) == {"device", "dtype", "ops", "flags", "host_syncs", "cpu_scalar_ops", "total_calls",
-                           "profiler"}
+    assert set(report) == {"device", "dtype", "ops", "flags", "host_syncs", "flag_calls", "cpu_scalar_ops",
+                           "total_calls", "profiler"}
+    assert report["flag_calls"] == {kind: sum(i["calls"] for i in report["flags"][kind]) for kind in FLAG_KINDS}
+    assert report["flag_calls"]["host_syncs"] == report["host_syncs"] == 1
     assert ROOT_MODULE not in {item["module"] for kind in FLAG_KINDS for item in report["flags"][kind]}
 
 
