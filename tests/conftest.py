@@ -129,3 +129,23 @@ ANANDASKY_FOLDER = "AnandaSky"
 def anandasky_checkpoint(tmp_path_factory) -> Path:
     """The seeded random AnandaSky checkpoint (~41M parameters: real vision tower, shrunk Qwen3), built once."""
     return load_script(ANANDASKY_FOLDER, "make_test_checkpoint").build(tmp_path_factory.mktemp("anandasky"))
+
+
+def plant_wrong_op(model_class, monkeypatch) -> list[str]:
+    """The model under test (built before the reference) computes one wrong op: the Linear in the middle of its
+    module list returns its features in reverse order (a scaled output would not do: a following norm, like Qwen3's
+    k_norm, cancels a scale). Returns the planted module's name (filled in once the model is built)."""
+    import torch
+
+    real_init, planted = model_class.__init__, []
+
+    def init_with_fault(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        if not planted:
+            linears = [(n, m) for n, m in self.model.named_modules() if isinstance(m, torch.nn.Linear)]
+            name, module = linears[len(linears) // 2]
+            module.register_forward_hook(lambda mod, inputs, output: output.flip(-1))
+            planted.append(name)
+
+    monkeypatch.setattr(model_class, "__init__", init_with_fault)
+    return planted

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from conftest import load_script
+from conftest import load_script, plant_wrong_op
 
 FOLDER = "AnandaSky"  # common.new_port rewrites this line
 SCRIPTS = ("inference", "eval_accuracy", "eval_ocr", "benchmark", "make_test_checkpoint", "serve_check")
@@ -62,25 +62,6 @@ def test_eval_accuracy_passes(checkpoint, cli, capsys, tmp_path, monkeypatch, dt
         assert (part["rel_l2"] > 0) is (dtype == "bf16")  # fp32 on the CPU is the reference's own computation
     assert result["parts"]["logits"]["thresholds"]["top1_agreement"]["min"] > 0.9
 
-
-def plant_wrong_op(model_class, monkeypatch) -> list[str]:
-    """The model under test (built before the reference) computes one wrong op: the Linear in the middle of its
-    module list returns its features in reverse order (a scaled output would not do: a following norm, like Qwen3's
-    k_norm, cancels a scale). Returns the planted module's name (filled in once the model is built)."""
-    import torch
-
-    real_init, planted = model_class.__init__, []
-
-    def init_with_fault(self, *args, **kwargs):
-        real_init(self, *args, **kwargs)
-        if not planted:
-            linears = [(n, m) for n, m in self.model.named_modules() if isinstance(m, torch.nn.Linear)]
-            name, module = linears[len(linears) // 2]
-            module.register_forward_hook(lambda mod, inputs, output: output.flip(-1))
-            planted.append(name)
-
-    monkeypatch.setattr(model_class, "__init__", init_with_fault)
-    return planted
 
 
 def test_locate_runs_after_a_fail_and_names_the_broken_module(checkpoint, cli, tmp_path, monkeypatch, capsys):

@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import load_script
+from conftest import load_script, plant_wrong_op
 
 FOLDER = "all-MiniLM-L6-v2"  # common.new_port rewrites this line
 TEXTS = ["A man is playing a guitar.", "x", "Le chat dort sur le canapé pendant que la pluie tombe.",
@@ -75,25 +75,6 @@ def test_eval_accuracy_passes(tiny, dtype, cli, tmp_path, capsys):
         assert part["thresholds"]["rel_l2"] == {"max": 1e-4 if dtype == "fp32" else 2e-2}
     assert result["meta"]["dtype"] == dtype and "OVERALL: PASS" in capsys.readouterr().out
 
-
-def plant_wrong_op(model_class, monkeypatch) -> list[str]:
-    """The model under test (built before the reference) computes one wrong op: the Linear in the middle of its
-    module list returns its features in reverse order (a scaled output would not do: a following norm, like Qwen3's
-    k_norm, cancels a scale). Returns the planted module's name (filled in once the model is built)."""
-    import torch
-
-    real_init, planted = model_class.__init__, []
-
-    def init_with_fault(self, *args, **kwargs):
-        real_init(self, *args, **kwargs)
-        if not planted:
-            linears = [(n, m) for n, m in self.model.named_modules() if isinstance(m, torch.nn.Linear)]
-            name, module = linears[len(linears) // 2]
-            module.register_forward_hook(lambda mod, inputs, output: output.flip(-1))
-            planted.append(name)
-
-    monkeypatch.setattr(model_class, "__init__", init_with_fault)
-    return planted
 
 
 def test_locate_runs_after_a_fail_and_names_the_broken_module(tiny, cli, tmp_path, monkeypatch, capsys):

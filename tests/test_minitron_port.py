@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT, load_script
+from conftest import REPO_ROOT, load_script, plant_wrong_op
 
 FOLDER = "Minitron-8B-Base"  # common.new_port rewrites this line
 SCRIPTS = ("inference", "eval_accuracy", "eval_gsm8k", "benchmark", "make_tiny_checkpoint")
@@ -80,25 +80,6 @@ def test_eval_accuracy_fails_when_the_model_under_test_is_wrong(tiny, cli, tmp_p
     assert result["passed"] is False and result["headline"] == {"passed": False}
     assert result["parts"]["prefill_logits"]["passed"] is False and "prefill_logits: rel_l2" in result["failures"][0]
 
-
-def plant_wrong_op(model_class, monkeypatch) -> list[str]:
-    """The model under test (built before the reference) computes one wrong op: the Linear in the middle of its
-    module list returns its features in reverse order (a scaled output would not do: a following norm, like Qwen3's
-    k_norm, cancels a scale). Returns the planted module's name (filled in once the model is built)."""
-    import torch
-
-    real_init, planted = model_class.__init__, []
-
-    def init_with_fault(self, *args, **kwargs):
-        real_init(self, *args, **kwargs)
-        if not planted:
-            linears = [(n, m) for n, m in self.model.named_modules() if isinstance(m, torch.nn.Linear)]
-            name, module = linears[len(linears) // 2]
-            module.register_forward_hook(lambda mod, inputs, output: output.flip(-1))
-            planted.append(name)
-
-    monkeypatch.setattr(model_class, "__init__", init_with_fault)
-    return planted
 
 
 def test_locate_runs_after_a_fail_and_names_the_broken_module(tiny, cli, tmp_path, monkeypatch, capsys):
