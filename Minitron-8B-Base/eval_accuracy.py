@@ -34,6 +34,10 @@ from inference import MODEL_NAME, CausalLM, add_model_args, check_context, plain
 
 HERE = Path(__file__).resolve().parent
 PARITY_BATCH_SIZE = 4  # several batches of mixed lengths, so left padding is exercised on both sides
+# --trace_ops / --locate: one left-padded batch of 2 sequences (mixed lengths). Small on purpose: --locate spills
+# every module's inputs and outputs of the reference to disk: ~3 MB a token for SmolLM2-135M (measured), ~20 MB a
+# token for an 8B model with a 256k vocabulary (estimated from the widths).
+DIAGNOSIS_BATCH_SIZE = 2
 MAX_NEW_TOKENS = 32  # long enough for drift to show, short enough to stay quick on a CPU reference
 LONG_PROMPT = " ".join([  # ~250 tokens: attention over a long context, where accumulated error shows first
     "The harbour town kept its old customs: the fishing boats left before dawn, the market opened at seven, and",
@@ -135,9 +139,9 @@ def measure(test: CausalLM, reference: CausalLM, seqs: list[list[int]], max_new_
 
 
 def diagnosis_probe(test: CausalLM, reference: CausalLM, seqs: list[list[int]]) -> Probe:
-    """One left-padded batch of the first PARITY_BATCH_SIZE sequences (prompts + the reference's continuations for
-    --locate; the prompts alone for --trace_ops, which runs before anything is generated), both sides."""
-    batch = seqs[:PARITY_BATCH_SIZE]
+    """One left-padded batch of the first DIAGNOSIS_BATCH_SIZE sequences (prompts + the reference's continuations
+    for --locate; the prompts alone for --trace_ops, which runs before anything is generated), both sides."""
+    batch = seqs[:DIAGNOSIS_BATCH_SIZE]
     test_inputs = left_padded(batch, test.tokenizer.pad_token_id, test.device)
     reference_inputs = left_padded(batch, reference.tokenizer.pad_token_id, reference.device)
     return Probe(test.model, reference.model, lambda: test.model(**test_inputs, use_cache=False),

@@ -77,6 +77,8 @@ def locate_if_needed(args, passed: bool, probe_factory: Callable[[], Probe]) -> 
     with torch.inference_mode():
         report = locate(probe.test_model, probe.reference_model, probe.run_test, probe.run_reference,
                         dtype_name(probe.dtype))
-    print(f"\nlocate, {reason}: every module against the CPU fp32 reference ({probe.inputs}):\n"
-          f"{format_locate(report)}")
+    spill = report.get("spill", {})
+    print(f"\nlocate, {reason}: every module against the CPU fp32 reference ({probe.inputs}; the reference's "
+          f"{spill.get('records', 0)} module records took {spill.get('bytes', 0) / 2**20:.0f} MiB of temporary disk "
+          f"(TMPDIR), freed):\n{format_locate(report)}")
     return {"locate": {"inputs": probe.inputs, "reason": reason, **report}}
