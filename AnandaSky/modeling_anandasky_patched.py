@@ -256,8 +256,10 @@ class AnandaSkyForConditionalGeneration(PreTrainedModel, GenerationMixin):
     def embed(self, input_ids: torch.Tensor, pixel_values=None, image_grid_hw=None) -> torch.Tensor:
         """Token embeddings with the image features written over the `<|image_pad|>` positions, row by row."""
         embeds = self.get_input_embeddings()(input_ids)
+        if pixel_values is None and input_ids.shape[1] == 1:  # a decode step: counting image tokens would cost a
+            return embeds  # host sync per generated token; a prompt (longer than 1) is still checked below
         image_mask = input_ids == self.config.image_token_id
-        n_tokens = int(image_mask.sum())
+        n_tokens = int(image_mask.sum())  # one host sync per prefill, to check the inputs before the scatter
         if pixel_values is None:
             if n_tokens:
                 raise ValueError(f"input_ids hold {n_tokens} image tokens but no pixel_values were given")

@@ -285,3 +285,21 @@ def test_checkpoint_is_deterministic_and_complete(anandasky_checkpoint, tmp_path
     assert tokenizer.decode(tokenizer(text)["input_ids"]) == text  # byte-level: any text round-trips
     generation = json.loads((again / "generation_config.json").read_text())
     assert generation["eos_token_id"] == tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+
+def test_decode_steps_do_not_sync_with_the_host(model, proc):
+    """A generated token's embedding (no pixel_values) needs no image-token count: that count is a host sync, and
+    on an accelerator it would stall every decode step. The prefill keeps its one check (and the vision encoder its
+    one cu_seqlens read)."""
+    from common.trace_ops import trace_forward
+
+    cpu = torch.device("cpu")
+    step = torch.tensor([[proc.eos_token_id]])
+    with torch.inference_mode():
+        decode = trace_forward(lambda: model.embed(step), cpu, torch.float32, model=model, profile=False)
+        batch = proc([line_image(96, 32)], PROMPT)
+        prefill = trace_forward(lambda: model.embed(batch["input_ids"], batch["pixel_values"], batch["image_grid_hw"]),
+                                cpu, torch.float32, model=model, profile=False)
+    assert decode["host_syncs"] == 0
+    assert prefill["host_syncs"] >= 1 and all(i["op"] == "aten::_local_scalar_dense"
+                                              for i in prefill["flags"]["host_syncs"])
