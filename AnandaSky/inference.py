@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -41,6 +42,7 @@ from common.device import dtype_name, resolve_device, resolve_dtype
 from common.diagnose import add_diagnosis_args
 from common.errors import ArgumentParser, UserError, first_line, positive_int, run_main
 from common.model_path import check_weights
+from common.strict_load import load_strictly
 from modeling_anandasky_patched import AnandaSkyForConditionalGeneration
 from processor import AnandaSkyProcessor, ImageError, check_prompt, load_image
 from remote_code import PATCHED_CODE, load_remote_model, prepare_remote_code, remote_code_files
@@ -58,6 +60,9 @@ DEFAULT_PROMPT = "Recognize the text in this image."
 DEFAULT_MAX_NEW_TOKENS = 128  # a long printed line is ~80 characters, ~30-60 tokens
 DEFAULT_BATCH_SIZE = 8  # images per generate call; all of a batch go through the vision encoder in one pass
 BUILD_HINT = "python make_test_checkpoint.py --output test_checkpoint"
+# A refused load: the patched code reconstructs the architecture, so real weights that differ point at the real code.
+REMOTE_CODE_HINT = ("if the folder's own modeling code differs from modeling_anandasky_patched.py, run it with "
+                    "--remote_code; otherwise check the checkpoint")
 
 
 def resolve_folder(model_path: str | None) -> Path:
@@ -95,7 +100,8 @@ def load_model(folder: Path, dtype: torch.dtype, remote_auto_class: str | None =
     try:
         processor = AnandaSkyProcessor.from_pretrained(folder)
         if remote_auto_class is None:
-            model = AnandaSkyForConditionalGeneration.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa")
+            model = load_strictly(partial(AnandaSkyForConditionalGeneration.from_pretrained, folder, dtype=dtype,
+                                          attn_implementation="sdpa"), folder, hint=REMOTE_CODE_HINT)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UserError(f"cannot load the model from {str(folder)!r}: {first_line(exc)}") from None
     if remote_auto_class is not None:

@@ -17,11 +17,13 @@ import importlib
 import json
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from common.errors import UserError, first_line
+from common.strict_load import load_strictly
 
 PATCHED_CODE = "modeling_anandasky_patched.py"  # the code used without --remote_code (this folder's own)
 REMOTE_AUTO_CLASSES = ("AutoModelForCausalLM", "AutoModel")  # auto_map entries --remote_code loads, first found wins
@@ -156,27 +158,15 @@ def prepare_remote_code(folder: Path) -> tuple[str, str, list[dict]]:
 
 
 def load_remote_model(folder: Path, auto_class: str, dtype: torch.dtype):
-    """The folder's own model class through trust_remote_code, strictly: every weight in the checkpoint loaded and
-    every parameter of the model found there, or UserError (a model with random parts is never returned)."""
+    """The folder's own model class through trust_remote_code, strictly (common.strict_load): every weight in the
+    checkpoint loaded and every parameter of the model found there, or UserError (never a model with random parts)."""
     import transformers
-    from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the loading table would repeat, over many lines, the one line said below
+    load = partial(getattr(transformers, auto_class).from_pretrained, folder, trust_remote_code=True, dtype=dtype)
     try:
-        model, info = getattr(transformers, auto_class).from_pretrained(
-            folder, trust_remote_code=True, dtype=dtype, output_loading_info=True)
+        return load_strictly(load, folder, hint=f"check the checkpoint, or drop --remote_code to use {PATCHED_CODE}")
+    except UserError:
+        raise
     except Exception as exc:  # noqa: BLE001 - the folder's own code can raise anything while it imports or builds
         raise UserError(f"the folder's own code could not load {str(folder)!r} ({type(exc).__name__}: "
                         f"{first_line(exc)}); drop --remote_code to use {PATCHED_CODE}") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    problems = {kind: sorted(str(k) for k in info.get(kind) or ())
-                for kind in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")}
-    problems = {kind: keys for kind, keys in problems.items() if keys}
-    if problems:
-        said = "; ".join(f"{len(keys)} {kind.replace('_', ' ')} ({', '.join(keys[:3])}"
-                         f"{', ...' if len(keys) > 3 else ''})" for kind, keys in problems.items())
-        raise UserError(f"the folder's own code and its weights do not match: {said}; refusing to run a model with "
-                        f"random parts (check the checkpoint, or drop --remote_code to use {PATCHED_CODE})")
-    return model

@@ -24,6 +24,7 @@ import shutil
 import sys
 import tempfile
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -31,6 +32,7 @@ import torch
 from common.device import dtype_name, resolve_device, resolve_dtype
 from common.errors import ArgumentParser, UserError, first_line, positive_int, run_main
 from common.model_path import cache_dir, resolve_model_path
+from common.strict_load import load_strictly
 
 # The port's identity: `python -m common.new_port` rewrites these lines when it copies this folder.
 MODEL_NAME = "Minitron-8B-Base"  # headings, messages, result labels
@@ -126,7 +128,7 @@ def load_causal_lm(model_path: str | None, dtype: torch.dtype):
         folder = resolve_model_path(spec, default=DEFAULT_MODEL)
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder)
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+            model = load_strictly(partial(AutoModelForCausalLM.from_pretrained, folder, dtype=dtype), folder)
         except (OSError, ValueError, KeyError) as exc:
             raise UserError(f"cannot load the model from {str(folder)!r}: {first_line(exc)}") from None
         source = folder

@@ -22,6 +22,7 @@ import inspect
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ from common.device import dtype_name, resolve_device, resolve_dtype
 from common.errors import ArgumentParser, UserError, first_line, positive_int, run_main
 from common.model_path import resolve_model_path
 from common.pooling import l2_normalize, pool
+from common.strict_load import load_strictly
 from common.textio import read_lines
 from st_checkpoint import Checkpoint, load_dense, read_checkpoint
 
@@ -65,17 +67,14 @@ def load_transformer(checkpoint: Checkpoint, dtype: torch.dtype):
     folder = checkpoint.transformer_dir
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, **tokenizer_settings(checkpoint.settings))
-        model, info = AutoModel.from_pretrained(folder, dtype=dtype, output_loading_info=True)
+        # BERT's pooler is not used by sentence-transformers, and many checkpoints ship without it
+        model = load_strictly(partial(AutoModel.from_pretrained, folder, dtype=dtype), folder,
+                              allow_missing=("pooler.",))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UserError(f"cannot load the model from {str(folder)!r}: {first_line(exc)}") from None
     if getattr(model.config, "is_encoder_decoder", False):
         raise UserError(f"{str(folder)!r} is an encoder-decoder model ({model.config.model_type}); this port runs "
                         "encoder-only and decoder-only backbones")
-    # BERT's pooler is not used by sentence-transformers, and many checkpoints ship without it
-    missing = sorted(k for k in info["missing_keys"] if not k.startswith("pooler."))
-    if missing:
-        raise UserError(f"the weights in {str(folder)!r} lack {len(missing)} tensor(s) the architecture needs "
-                        f"(e.g. {missing[0]}); refusing to run with random parts")
     if checkpoint.settings.get("do_lower_case"):
         lowercase_inputs(tokenizer)
     if getattr(model.config, "use_cache", False):

@@ -24,6 +24,7 @@ import json
 import logging
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ import torch
 from common.device import dtype_name, resolve_device, resolve_dtype
 from common.errors import ArgumentParser, UserError, first_line, positive_int, run_main
 from common.model_path import resolve_model_path
+from common.strict_load import load_strictly
 from common.textio import read_lines, read_text_file
 from overflow import OverflowWatch
 
@@ -107,7 +109,7 @@ def load_seq2seq(model_dir: Path, dtype: torch.dtype):
     check_tokenizer_files(model_dir)
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForSeq2SeqLM.from_pretrained(model_dir, dtype=dtype)
+        model = load_strictly(partial(AutoModelForSeq2SeqLM.from_pretrained, model_dir, dtype=dtype), model_dir)
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"cannot load the model from {str(model_dir)!r}: {first_line(exc)}") from None
     if not model.config.is_encoder_decoder:

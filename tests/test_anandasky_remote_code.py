@@ -131,7 +131,7 @@ def test_eval_accuracy_passes_with_the_code_source_recorded(upstream, cli, capsy
 @pytest.mark.parametrize("case, message", [
     ("no auto_map", "carries no modeling code of its own"),
     ("file absent", "modeling_anandasky.py is not in the folder"),
-    ("renamed tensor", "do not match: 1 missing keys (bridge.fc1.weight); 1 unexpected keys (bridge.fc_1.weight)"),
+    ("renamed tensor", "do not match the architecture: 1 missing (bridge.fc1.weight); 1 unexpected (bridge.fc_1.weight)"),
 ])
 def test_refused_in_one_line(upstream, tmp_path, scans, cli, capsys, case, message):
     target = tmp_path / "folder"
