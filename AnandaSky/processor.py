@@ -176,7 +176,7 @@ class AnandaSkyProcessor:
         # the model config, passed in: left to itself AutoTokenizer would read config.json's auto_map and ask
         # whether to trust the remote code (a prompt on stdin), only to learn the model type
         config = AnandaSkyConfig.from_pretrained(str(folder))
-        return cls(AutoTokenizer.from_pretrained(str(folder), config=config), **known)
+        return cls(AutoTokenizer.from_pretrained(str(folder), config=config, trust_remote_code=False), **known)
 
     def to_dict(self) -> dict:
         return {"processor_class": type(self).__name__, "patch_size": self.patch_size, "min_pixels": self.min_pixels,

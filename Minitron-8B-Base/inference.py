@@ -71,8 +71,9 @@ def _load_gguf(gguf: Path, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype,
+                                                     trust_remote_code=False)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise UserError(f"cannot load the GGUF file {str(gguf)!r}: {first_line(exc)}") from None
     return tokenizer, model
@@ -127,7 +128,7 @@ def load_causal_lm(model_path: str | None, dtype: torch.dtype):
     else:
         folder = resolve_model_path(spec, default=DEFAULT_MODEL)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(folder)
+            tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
             model = load_strictly(partial(AutoModelForCausalLM.from_pretrained, folder, dtype=dtype), folder)
         except (OSError, ValueError, KeyError) as exc:
             raise UserError(f"cannot load the model from {str(folder)!r}: {first_line(exc)}") from None

@@ -66,7 +66,8 @@ def load_transformer(checkpoint: Checkpoint, dtype: torch.dtype):
     hf_logging.disable_progress_bar()  # the per-tensor "Loading weights" bar is noise for a small model
     folder = checkpoint.transformer_dir
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, **tokenizer_settings(checkpoint.settings))
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False,
+                                                  **tokenizer_settings(checkpoint.settings))
         # BERT's pooler is not used by sentence-transformers, and many checkpoints ship without it
         model = load_strictly(partial(AutoModel.from_pretrained, folder, dtype=dtype), folder,
                               allow_missing=("pooler.",))

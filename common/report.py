@@ -14,9 +14,10 @@ A table is declared in the readme by a marker holding JSON, and everything up to
 of that list. A column key is dotted ("ours.p50_ms"; "spearman_ci95.0" for a list's item), looked up in the row
 and then in the file's top level; the optional third item is a format spec ("verdict" renders a boolean as
 PASS/FAIL). "where" ({"key": value}) filters rows; "has": "key" keeps only the files that have that (dotted,
-top-level) key, for a section only some runs write (a parity run's --trace_ops). A key that is in neither place is an error naming the file and
-the key (a typo must not render as "–"); a JSON null, or a null on the way down a dotted key, renders "–". Under
-each table a line names the source files with the command, device, dtype, date and torch version recorded in them.
+top-level) key, for a section only some runs write (a parity run's --trace_ops). A key that is in neither place is
+an error naming the file and the key (a typo must not render as "–"); a JSON null, or a null on the way down a
+dotted key, renders "–". Under each table a line names the source files with the command, device, dtype, date and
+torch version recorded in them.
 
 RESULTS.md has one row per model folder x model x device x dtype, built from the `headline` of every result record
 (common.results.result_record): the parity verdict, the task metric, the speed ratio against the peer, the device,

@@ -20,7 +20,9 @@ SHOW = 3  # names quoted per kind of problem; the count says how many there are
 
 
 def _shape(value) -> str:
-    return "x".join(str(d) for d in value) if isinstance(value, (tuple, list)) or hasattr(value, "numel") else str(value)
+    if isinstance(value, (tuple, list)) or hasattr(value, "numel"):  # a shape: tuple, list or torch.Size
+        return "x".join(str(d) for d in value)
+    return str(value)
 
 
 def _mismatched(entry) -> str:
@@ -52,11 +54,14 @@ def load_strictly(load: Callable[..., object], source, *, allow_missing: tuple[s
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the loading report would repeat over many lines what the one line says
     try:
-        model, info = load(output_loading_info=True, ignore_mismatched_sizes=True)
+        # trust_remote_code=False unless the caller bound it: otherwise transformers asks on stdin, and a piped "y"
+        # would run a folder's code without the explicit flag
+        remote = {} if "trust_remote_code" in getattr(load, "keywords", {}) else {"trust_remote_code": False}
+        model, info = load(output_loading_info=True, ignore_mismatched_sizes=True, **remote)
     finally:
         hf_logging.set_verbosity(verbosity)
     found = problems(info, allow_missing)
     if found:
-        raise UserError(f"the weights in {str(source)!r} do not match the architecture: {'; '.join(found)}; refusing to "
-                        f"run a model with random parts{'; ' + hint if hint else ''}")
+        raise UserError(f"the weights in {str(source)!r} do not match the architecture: {'; '.join(found)}; "
+                        f"refusing to run a model with random parts{'; ' + hint if hint else ''}")
     return model

@@ -137,8 +137,8 @@ def load_source(source: str | Path):
 
     folder = _source_folder(str(source))
     try:
-        config = AutoConfig.from_pretrained(folder)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"cannot read the model at {str(folder)!r}: {first_line(exc)}") from None
     return folder, config, tokenizer

@@ -186,7 +186,8 @@ def parse_sizes(text: str, flag: str) -> list[int]:
 def load_peer(model: T5Summarizer):
     from transformers import AutoModelForSeq2SeqLM
 
-    return AutoModelForSeq2SeqLM.from_pretrained(model.model_dir, dtype=model.dtype).to(model.device).eval()
+    return AutoModelForSeq2SeqLM.from_pretrained(model.model_dir, dtype=model.dtype,
+                                                 trust_remote_code=False).to(model.device).eval()
 
 
 def headline(generation_rows: list[dict], batch_size: int) -> dict:

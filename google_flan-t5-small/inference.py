@@ -108,7 +108,7 @@ def load_seq2seq(model_dir: Path, dtype: torch.dtype):
         loader_log.addFilter(_UntiedHeadNotice())
     check_tokenizer_files(model_dir)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
         model = load_strictly(partial(AutoModelForSeq2SeqLM.from_pretrained, model_dir, dtype=dtype), model_dir)
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"cannot load the model from {str(model_dir)!r}: {first_line(exc)}") from None

@@ -130,7 +130,7 @@ def model_rows(spec: str) -> list[dict]:
 
     folder = config_folder(spec)
     try:
-        config = AutoConfig.from_pretrained(folder)
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"cannot read the config in {str(folder)!r}: {first_line(exc)}") from None
     if config.model_type not in T5_FAMILY:
