@@ -3,6 +3,9 @@
     python eval_gsm8k.py --data ../../shared/data/gsm8k/                        # Minitron-8B-Base, 5-shot, greedy
     python eval_gsm8k.py --data ../../shared/data/gsm8k/ --num_runs 2 --temperature 0.7   # run 1 greedy, run 2 sampled
     python eval_gsm8k.py --model_path smollm2 --limit 20 --batch_size 8 --resume
+    python eval_gsm8k.py --device npu --compare_to results/task_Minitron-8B-Base_cpu_fp32_gsm8k.json  # + verdict
+    python eval_gsm8k.py --compare_only results/npu.json --compare_to results/cpu.json    # two finished runs
+    python eval_gsm8k.py --compare_only results/npu.json --baseline 0.22                  # a bare published number
 
 What lm-eval gsm8k v3 does, and this script copies:
   * prompt: 5 exemplars from the *train* split, "Question: {q}\\nAnswer: {full answer with #### N}", joined by
@@ -17,6 +20,9 @@ Runs: run 1 greedy, runs 2..N sampled at --temperature/--top_p with per-run, per
 accuracy for both filters with its standard error (lm-eval's, sqrt(p(1-p)/(n-1))) and a 95% Wilson interval (which
 stays honest at 0/n and n/n, where the normal one shrinks to a point), pass@N "any run correct", and the unbiased
 pass@k = 1 - C(n-c,k)/C(n,k) for k = 1..N. The headline is run 1's strict-match accuracy.
+--compare_to OTHER (a result JSON of this script, its .jsonl log, or lm-eval's per-sample gsm8k log) compares run 1
+with the other run question by question (common/compare.py: paired bootstrap 95% CI, exact McNemar, flips each way)
+and says PASS / FAIL / INCONCLUSIVE against --tolerance points; --baseline 0.22 does the unpaired version.
 Every sample is appended to a JSONL log as it finishes; --resume continues that log (a torn last line from a
 crash is dropped), so nothing is lost or counted twice.
 """
@@ -33,7 +39,10 @@ from pathlib import Path
 from common.device import dtype_name, resolve_device, resolve_dtype
 from common.errors import ArgumentParser, UserError, positive_int, run_main
 from common.model_path import hub_reachable
-from common.results import append_run_record, default_result_path, open_run_log, result_record, write_json
+from common.compare import (DEFAULT_TOLERANCE_POINTS, baseline_comparison, format_comparison,
+                            paired_comparison)
+from common.results import (append_run_record, default_result_path, open_run_log, read_jsonl, result_record,
+                            write_json)
 from inference import CausalLM, add_model_args, model_spec
 
 HERE = Path(__file__).resolve().parent
@@ -234,6 +243,134 @@ def summarize(records: list[dict], doc_ids: list[int], num_runs: int) -> dict:
     return out
 
 
+# --- comparing with another run (--compare_to, --baseline, --compare_only) -------------------------------------------
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{what} {str(path)!r} does not exist; pass a result JSON or .jsonl log of eval_gsm8k.py") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{what} {str(path)!r} is not a JSON file ({type(exc).__name__}); pass a result JSON or "
+                        "its .jsonl log") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{what} {str(path)!r} is not a GSM8K result of eval_gsm8k.py (no JSON object)")
+    return data
+
+
+def _log_of(result_path: Path, result: dict, what: str) -> Path:
+    """A result JSON's per-question log: the recorded path (as written, or beside the JSON), else <json>.jsonl."""
+    recorded = Path(result["log"]) if result.get("log") else None
+    candidates = [recorded, result_path.parent / recorded.name] if recorded else []
+    candidates.append(result_path.with_suffix(".jsonl"))
+    for log in candidates:
+        if log.is_file():
+            return log
+    raise UserError(f"{what} {str(result_path)!r}: its per-question log {str(candidates[0])!r} is missing; keep the "
+                    ".jsonl beside the JSON or pass the log itself")
+
+
+def _per_question(records: list[dict], log: Path, what: str) -> dict[int, dict]:
+    """{doc_id: {"correct": {filter: bool}, "gold": str | None}} of run 1, from this script's log (config line +
+    samples) or lm-eval's samples_gsm8k_*.jsonl (one line per question and filter: doc_id, filter, exact_match)."""
+    out: dict[int, dict] = {}
+    if records and records[0].get("type") == "config":
+        if records[0].get("config", {}).get("task") != "gsm8k":
+            raise UserError(f"{what} {str(log)!r} is not a GSM8K log (its config names another task)")
+        for r in records[1:]:
+            if r.get("type") == "sample" and r.get("run") == 1:
+                out[r["doc_id"]] = {"correct": dict(r["correct"]), "gold": r.get("gold")}
+        return out
+    for r in records:  # lm-eval's per-sample log
+        if not ("doc_id" in r and r.get("filter") in FILTERS and "exact_match" in r):
+            raise UserError(f"{what} {str(log)!r} is not a GSM8K per-question log (neither eval_gsm8k.py's nor "
+                            "lm-eval's samples format)")
+        row = out.setdefault(r["doc_id"], {"correct": {}, "gold": r.get("target")})
+        row["correct"][r["filter"]] = bool(r["exact_match"])
+    return out
+
+
+def load_run(path: str, what: str = "--compare_to") -> dict[int, dict]:
+    """Run 1's per-question correctness of a GSM8K run: a result JSON of this script or a .jsonl log."""
+    path = Path(path).expanduser()
+    if path.suffix == ".jsonl":
+        if not path.is_file():
+            raise UserError(f"{what} {str(path)!r} does not exist; pass a result JSON or .jsonl log of eval_gsm8k.py")
+        log = path
+    else:
+        result = _read_json(path, what)
+        if result.get("kind") != "task" or result.get("config", {}).get("task") != "gsm8k":
+            raise UserError(f"{what} {str(path)!r} is not a GSM8K result of eval_gsm8k.py (kind "
+                            f"{result.get('kind')!r}, task {result.get('config', {}).get('task')!r})")
+        log = _log_of(path, result, what)
+    per_question = _per_question(read_jsonl(log), log, what)
+    if not per_question:
+        raise UserError(f"{what} {str(log)!r} holds no run-1 question; compare a finished run")
+    return per_question
+
+
+def check_same_questions(this: dict[int, dict], other: dict[int, dict], other_name: str) -> None:
+    """A paired comparison needs the very same questions: same ids and, where both logs record it, the same gold."""
+    shared = set(this) & set(other)
+    if not shared:
+        raise UserError(f"no question is shared with {other_name} (ids {min(this)}..{max(this)} here, "
+                        f"{min(other)}..{max(other)} there); compare runs of the same questions")
+    if set(this) != set(other):
+        raise UserError(f"the question sets differ: {len(this)} here, {len(other)} in {other_name}, {len(shared)} "
+                        "shared; rerun with the same --limit (or finish the other run)")
+    for i in sorted(shared):
+        gold_here, gold_there = this[i].get("gold"), other[i].get("gold")
+        if gold_here is not None and gold_there is not None and gold_here != gold_there:
+            raise UserError(f"question {i} has another gold answer in {other_name}; the two runs did not use the "
+                            "same test set (or order)")
+
+
+def compare(this: dict[int, dict], other: dict[int, dict] | None, baseline: float | None, args) -> dict:
+    """The "comparison" block of the result JSON: per filter, paired (other run) or unpaired (bare baseline)."""
+    ids = sorted(this)
+    if other is not None:
+        filters = [f for f in FILTERS if all(f in other[i]["correct"] for i in ids)]
+        per_filter = {f: paired_comparison([this[i]["correct"][f] for i in ids], [other[i]["correct"][f] for i in ids],
+                                           args.tolerance) for f in filters}
+        against = str(args.compare_to)
+    else:
+        f = args.baseline_filter
+        per_filter = {f: baseline_comparison(sum(this[i]["correct"][f] for i in ids), len(ids), baseline,
+                                             args.tolerance)}
+        against = f"baseline {baseline:.4f} ({f})"
+    return {"against": against, "run": 1, "filters": per_filter}
+
+
+def check_compare_args(args) -> dict[int, dict] | None:
+    """Flag checks and the other run's loading, before any data or model: returns the other run (or None)."""
+    if args.compare_to and args.baseline is not None:
+        raise UserError("--compare_to and --baseline exclude each other: compare with a per-question run or with a "
+                        "bare number, not both")
+    if args.baseline is not None and not 0.0 <= args.baseline <= 1.0:
+        raise UserError(f"--baseline is a fraction between 0 and 1 (0.22 for 22%), got {args.baseline}")
+    if not args.tolerance > 0:
+        raise UserError(f"--tolerance must be > 0 accuracy points, got {args.tolerance}")
+    if args.compare_only and not args.compare_to and args.baseline is None:
+        raise UserError("--compare_only needs --compare_to OTHER or --baseline NUMBER")
+    return load_run(args.compare_to) if args.compare_to else None
+
+
+def compare_only(args, other: dict[int, dict] | None) -> int:
+    """Compare an existing result JSON with another run or a baseline; the comparison is written into it."""
+    path = Path(args.compare_only).expanduser()
+    if path.suffix == ".jsonl":
+        raise UserError("--compare_only takes the result JSON (the comparison is written into it), not the .jsonl log")
+    result = _read_json(path, "--compare_only")
+    this = load_run(str(path), "--compare_only")
+    if other is not None:
+        check_same_questions(this, other, str(args.compare_to))
+    result["comparison"] = compare(this, other, args.baseline, args)
+    write_json(path, result)
+    print(format_comparison(result["comparison"]["filters"], result["comparison"]["against"]))
+    print(f"wrote the comparison into {path}")
+    return 0
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__.split("\n")[0])
     add_model_args(parser)
@@ -250,6 +387,17 @@ def build_parser() -> ArgumentParser:
                         help="summary JSON (default results/task_<model>_<device>_<dtype>_gsm8k.json)")
     parser.add_argument("--log", default=None, help="per-sample JSONL log (default: the output with .jsonl)")
     parser.add_argument("--resume", action="store_true", help="continue the log of an interrupted run")
+    parser.add_argument("--compare_to", default=None,
+                        help="another run of the same questions (result JSON, its .jsonl log, or lm-eval's samples "
+                             "log): paired difference per filter with a 95%% CI and a verdict")
+    parser.add_argument("--baseline", type=float, default=None,
+                        help="a bare published accuracy (fraction, e.g. 0.22): unpaired difference and verdict")
+    parser.add_argument("--baseline_filter", choices=FILTERS, default=FILTERS[0],
+                        help="the filter --baseline was measured with (default strict-match)")
+    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE_POINTS,
+                        help="accuracy points a difference may have and still PASS (default 1)")
+    parser.add_argument("--compare_only", default=None, metavar="THIS.json",
+                        help="compare an existing result JSON (no model run) with --compare_to or --baseline")
     return parser
 
 
@@ -299,8 +447,13 @@ def main(args) -> int:
         raise UserError(f"--num_fewshot must be >= 0, got {args.num_fewshot}")
     if args.num_runs > 1 and args.temperature <= 0:
         raise UserError("--num_runs > 1 needs --temperature > 0 (runs 2..N sample)")
+    other = check_compare_args(args)
+    if args.compare_only:
+        return compare_only(args, other)
     test, train = load_data(args.data)
     doc_ids = list(range(len(test) if args.limit is None else min(args.limit, len(test))))
+    if other is not None:  # before the model loads: a mismatched other run fails at once
+        check_same_questions({i: {"gold": test[i]["answer"]} for i in doc_ids}, other, str(args.compare_to))
     shots = fewshot_ids(len(doc_ids), len(train), args.num_fewshot)
     device = resolve_device(args.device)  # resolved before the model loads: a bad device fails at once
     spec = model_spec(args.model_path)
@@ -315,6 +468,9 @@ def main(args) -> int:
     lm = CausalLM(args.model_path, device=args.device, dtype=args.dtype)
     generate_all(lm, test, train, shots, doc_ids, records, log, config, args)
     results = summarize(records, doc_ids, args.num_runs)
+    if other is not None or args.baseline is not None:
+        this = {r["doc_id"]: {"correct": r["correct"], "gold": r.get("gold")} for r in records if r["run"] == 1}
+        results["comparison"] = compare(this, other, args.baseline, args)
     headline = {"metric": f"GSM8K {args.num_fewshot}-shot strict-match accuracy (run 1, greedy)",
                 "value": results["runs"][0]["accuracy"]["strict-match"]}
     write_json(output, result_record("task", device=lm.device, dtype=lm.dtype_name, model=spec, headline=headline,
@@ -322,6 +478,8 @@ def main(args) -> int:
                                      log=str(log), **results,
                                      fewshot_exemplars={str(i): shots[i] for i in doc_ids}))
     print_results(results, args)
+    if "comparison" in results:
+        print(format_comparison(results["comparison"]["filters"], results["comparison"]["against"]))
     print(f"wrote {output} and {log}")
     return 0
 
