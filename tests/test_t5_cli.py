@@ -117,7 +117,7 @@ def test_chat_keeps_context_over_piped_stdin(cli, tiny_t5, monkeypatch, capsys):
 
 def test_chat_context_grows_resets_and_drops_old_turns(tiny_t5):
     chat = load_script(T5_FOLDER, "chat")
-    model = chat.T5Summarizer(str(tiny_t5), device="cpu", dtype="fp32", max_input_length=64)
+    model = chat.T5Summarizer(str(tiny_t5), device="cpu", dtype="fp32", max_input_length=128)
     session = chat.Chat(model, max_new_tokens=2)
     session.reply("My name is Ana.")
     assert "User: My name is Ana." in session.prompt() and session.prompt().startswith(chat.CONTEXT)
