@@ -12,7 +12,6 @@ inference.AnandaSkyOCR(remote_code=True) calls it; without the flag the folder's
 """
 from __future__ import annotations
 
-import ast
 import importlib
 import json
 import os
@@ -57,35 +56,6 @@ def remote_code_files(folder: Path) -> tuple[str, list[Path]]:
     return auto_class, list(dict.fromkeys(files))
 
 
-def _flash_attn_refs(tree: ast.Module, line: int) -> list[str]:
-    """Dotted names of the flash_attn objects that the code on `line` imports or uses ("flash_attn.bert_padding.
-    pad_input"), resolving names the file bound by its flash_attn imports."""
-    bound, refs = {}, []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names = [(a.asname or a.name.split(".")[0], a.name if a.asname else a.name.split(".")[0], a.name)
-                     for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [(a.asname or a.name, f"{node.module}.{a.name}", f"{node.module}.{a.name}") for a in node.names]
-        else:
-            continue
-        for local, target, imported in names:
-            if imported.split(".")[0] == "flash_attn":
-                bound[local] = target
-                if node.lineno <= line <= node.end_lineno:
-                    refs.append(imported)
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name) and node.id in bound and node.lineno == line:
-            refs.append(bound[node.id])
-        elif isinstance(node, ast.Attribute) and node.lineno == line:
-            chain, base = [node.attr], node.value
-            while isinstance(base, ast.Attribute):
-                chain, base = [base.attr, *chain], base.value
-            if isinstance(base, ast.Name) and base.id in bound:
-                refs.append(".".join([bound[base.id], *chain]))
-    return refs
-
-
 def _resolves(dotted: str) -> bool:
     """Whether `dotted` (module path, then attributes) exists now, i.e. with the flash_attn stand-in installed."""
     parts = dotted.split(".")
@@ -108,15 +78,14 @@ def lint_remote_code(folder: Path, files: list[Path], covered_by: str) -> list[d
     installed), None for everything that still needs attention."""
     from common.lint_port import lint_paths
 
-    trees, out = {}, []
+    sources, out = {}, []
     for finding in lint_paths(files):
         path = Path(finding.path)
-        if path not in trees:
-            source = path.read_text(encoding="utf-8")
-            trees[path] = (ast.parse(source), source.splitlines())
-        tree, lines = trees[path]
-        refs = _flash_attn_refs(tree, finding.line) if finding.rule == COMPAT_RULE else []
-        covered = bool(refs) and all(_resolves(ref) for ref in refs)
+        if path not in sources:
+            sources[path] = path.read_text(encoding="utf-8").splitlines()
+        lines = sources[path]
+        # a flash_attn import is covered when everything it imports resolves with the stand-in installed
+        covered = finding.rule == COMPAT_RULE and bool(finding.imports) and all(map(_resolves, finding.imports))
         out.append({**finding.to_dict(), "path": Path(os.path.relpath(path.absolute(), folder.absolute())).as_posix(),
                     "code": lines[finding.line - 1].strip() if finding.line <= len(lines) else "",
                     "covered_by": covered_by if covered else None})

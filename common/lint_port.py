@@ -45,9 +45,11 @@ class Finding:
     rule: str
     message: str
     fix: str
+    imports: tuple[str, ...] = ()  # for an import statement: the qualified names it imports ("flash_attn.x.f")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The reported fields (`imports` is for callers that check what an import needs, not for the report)."""
+        return {k: v for k, v in asdict(self).items() if k != "imports"}
 
 
 def is_cuda_string(node) -> bool:
@@ -106,13 +108,13 @@ class PortVisitor(ast.NodeVisitor):
         self.guarded_imports = self.cuda_guards = self.forward_depth = self.raise_depth = 0
         self.moved: set[int] = set()  # ids of factory calls followed directly by .to(...)
 
-    def add(self, node, rule: str, message: str, fix: str | None = None, line=None, col=None) -> None:
+    def add(self, node, rule: str, message: str, fix: str | None = None, line=None, col=None, imports=()) -> None:
         if self.cuda_guards and rule in CUDA_GUARDED:
             return  # under `if device.type == "cuda":` CUDA-only code is what the branch is for
         if self.remote_code:
             message += " (remote code in a weights folder)"
         self.findings.append(Finding(self.path, line or node.lineno, (node.col_offset if col is None else col) + 1,
-                                     rule, message, fix or FIXES[rule]))
+                                     rule, message, fix or FIXES[rule], tuple(imports)))
 
     def qualname(self, node) -> str | None:
         """`th.cuda.synchronize` -> 'torch.cuda.synchronize' through the alias map; None for anything else."""
@@ -132,7 +134,7 @@ class PortVisitor(ast.NodeVisitor):
             else:  # `import torch.cuda` binds `torch`
                 top = alias.name.split(".")[0]
                 self.aliases[top] = top
-            self.check_import(node, alias.name)
+            self.check_import(node, alias.name, [alias.name])
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
         module = "." * node.level + (node.module or "")  # relative names never match a library's
@@ -141,13 +143,13 @@ class PortVisitor(ast.NodeVisitor):
             if alias.name != "*":
                 self.aliases[alias.asname or alias.name] = prefix + alias.name
         if node.level == 0 and node.module:
-            self.check_import(node, node.module)
+            self.check_import(node, node.module, [f"{node.module}.{alias.name}" for alias in node.names])
 
-    def check_import(self, node, module: str) -> None:
+    def check_import(self, node, module: str, imports=()) -> None:
         top = module.split(".")[0]
         known = IMPORTS.get("flash_attn" if top.startswith("flash_attn") else top)  # flash_attn_2_cuda too
         if known and not self.guarded_imports:
-            self.add(node, *known)
+            self.add(node, *known, imports=imports)
 
     def visit_Try(self, node: ast.Try) -> None:
         self.visit_inside("guarded_imports", catches_import_error(node), node.body)
