@@ -44,11 +44,12 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .device import DTYPES
 from .metrics import THRESHOLDS
 
 ROOT_NAME = "(model)"  # the record name of the whole model's own call (its final output)
 # Growth floor per dtype: its unit roundoff (half an ulp at 1), the error one rounding to that dtype adds.
-UNIT_ROUNDOFF = {"fp32": 2.0 ** -24, "fp16": 2.0 ** -11, "bf16": 2.0 ** -8}
+UNIT_ROUNDOFF = {name: torch.finfo(dtype).eps / 2 for name, dtype in DTYPES.items()}  # 2^-24, 2^-11, 2^-8
 CHUNK_ELEMENTS = 1 << 22  # float64 work is done this many elements at a time (32 MiB), so logits of 8B stay small
 CACHE_KEYS = ("past_key_value", "cache")  # output keys holding KV caches: state, not this call's result
 INPUT_KWARGS = ("hidden_states", "input", "x", "inputs_embeds")  # kwargs tried first when no arg is a float tensor

@@ -37,7 +37,7 @@ def problems(info: dict, allow_missing: tuple[str, ...] = ()) -> list[str]:
     """'N missing (a, b, c, ...)' and the like, for each kind of mismatch in a loading-info dict; [] when it matches.
     `allow_missing`: name prefixes an architecture may lack without harm (BERT's unused pooler)."""
     kinds = {
-        "missing": sorted(k for k in info.get("missing_keys") or () if not k.startswith(allow_missing or ("\0",))),
+        "missing": sorted(k for k in info.get("missing_keys") or () if not k.startswith(allow_missing)),
         "unexpected": sorted(info.get("unexpected_keys") or ()),
         "wrongly shaped": sorted(_mismatched(e) for e in info.get("mismatched_keys") or ()),
         "load errors": [str(e).splitlines()[0] for e in info.get("error_msgs") or ()],
