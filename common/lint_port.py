@@ -30,7 +30,7 @@ from pathlib import Path
 from .errors import ArgumentParser, UserError, run_main
 from .lint_rules import (AUTOCASTS, BACKEND_FIXES, CUDA_API_FIXES, CUDA_ENV, CUDA_GUARDED, DIST_BACKEND_POSITION,
                          ELSEWHERE, FACTORIES, FIXES, HOST_SYNCS, IMPORT_CALLS, IMPORTS, RULES)
-from .results import write_json
+from .results import check_writable, write_json
 
 SKIP_DIRS = {".venv", "__pycache__", ".git", "site-packages"}  # environments and caches, never the port's code
 SUPPRESS_TAG = "lint-port:"  # the comment marker that starts a suppression (written in full in the docstring)
@@ -410,20 +410,9 @@ def format_findings(findings, root=None, files_scanned: int | None = None) -> st
     return "\n".join(lines)
 
 
-def check_writable(path: Path) -> None:
-    """Refuse an output path that cannot be written, before scanning."""
-    if path.is_dir():
-        raise UserError(f"--json {path} is a folder; give a file name")
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise UserError(f"--json {path}: {parent} is not a writable folder; choose another path")
-
-
 def main(args) -> int:
     if args.json:
-        check_writable(args.json)
+        check_writable(args.json, "--json")
     files = collect_files(args.paths)
     findings = lint_paths(files)
     print(format_findings(findings, root=Path.cwd(), files_scanned=len(files)))

@@ -67,6 +67,18 @@ def run_metadata(device=None, dtype: str | None = None, argv: list[str] | None =
     }
 
 
+def check_writable(path: str | os.PathLike, flag: str = "--output") -> None:
+    """Refuse an output path that cannot be written (UserError naming `flag`), before the long work starts."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; give a file name")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise UserError(f"{flag} {path}: {parent} is not a writable folder; choose another path")
+
+
 def write_json(path: str | os.PathLike, obj) -> Path:
     """Write JSON atomically: a temp file in the same folder, fsync, then rename over the target."""
     path = Path(path)
