@@ -41,8 +41,8 @@ from common.errors import ArgumentParser, UserError, positive_int, run_main
 from common.model_path import hub_reachable
 from common.compare import (DEFAULT_TOLERANCE_POINTS, baseline_comparison, format_comparison,
                             paired_comparison)
-from common.results import (append_run_record, default_result_path, open_run_log, read_jsonl, result_record,
-                            write_json)
+from common.results import (append_run_record, check_writable, default_result_path, open_run_log, read_jsonl,
+                            result_record, write_json)
 from inference import CausalLM, add_model_args, model_spec
 
 HERE = Path(__file__).resolve().parent
@@ -361,6 +361,7 @@ def compare_only(args, other: dict[int, dict] | None) -> int:
     if path.suffix == ".jsonl":
         raise UserError("--compare_only takes the result JSON (the comparison is written into it), not the .jsonl log")
     result = _read_json(path, "--compare_only")
+    check_writable(path, "--compare_only")  # the comparison is written back into it: fail now, not after the work
     this = load_run(str(path), "--compare_only")
     if other is not None:
         check_same_questions(this, other, str(args.compare_to))
