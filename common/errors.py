@@ -6,6 +6,7 @@ through `run_main`, which turns it into `error: <message>` and exit status 2. Pr
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 EXIT_USAGE = 2
@@ -76,6 +77,40 @@ def positive_int(text: str) -> int:
 def non_negative_int(text: str) -> int:
     """argparse type for counts where 0 is meaningful (e.g. warm-up iterations)."""
     return _int_at_least(text, 0)
+
+
+def finite_float(text: str) -> float:
+    """argparse type for any real number: 'nan' and 'inf' parse as floats but are not values a user means."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type for a temperature or a tolerance: finite and >= 0."""
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def probability(text: str) -> float:
+    """argparse type for a nucleus mass (top_p) or a fraction: 0 < p <= 1."""
+    value = finite_float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def check_at_most(value: int, limit: int, flag: str, what: str) -> None:
+    """Refuse a size past what the model (or machine) can take, naming the limit and where it comes from, before
+    any work: a run that would go on without end or be killed by the OOM killer with no message is worse."""
+    if value > limit:
+        raise UserError(f"{flag} {value} is past {what} ({limit}); use at most {limit}")
 
 
 def run_main(main, args) -> int:

@@ -75,8 +75,35 @@ def check_writable(path: str | os.PathLike, flag: str = "--output") -> None:
     parent = path.parent
     while not parent.exists():
         parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
+    if not parent.is_dir() or not _can_create_in(parent):
         raise UserError(f"{flag} {path}: {parent} is not a writable folder; choose another path")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UserError(f"{flag} {path} exists and is read-only; choose another path or make it writable")
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Create and remove a probe file: os.access says yes to root for read-only mounts and for /proc."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe-")
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(probe)
+    return True
+
+
+def check_outputs(outputs: dict[str, str | os.PathLike]) -> None:
+    """Check every file a run will write, before the run: each writable, and no two the same file (a summary must
+    never overwrite its own per-sample log, a plot never its JSON). `outputs` maps a description ("--output",
+    "the plot beside --output") to the path."""
+    seen: dict[Path, str] = {}
+    for name, path in outputs.items():
+        check_writable(path, name)
+        resolved = Path(os.path.abspath(path))
+        if resolved in seen:
+            raise UserError(f"{name} {path} is the same file as {seen[resolved]}; one would overwrite the other, so "
+                            "choose another name (e.g. end --output in .json)")
+        seen[resolved] = name
 
 
 def write_json(path: str | os.PathLike, obj) -> Path:
@@ -108,9 +135,12 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
     tmp = path.with_name(f".{path.name}.tmp.png")
     try:
         fig.savefig(tmp, dpi=dpi)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # never leave a half-written temp file behind
+        raise
     finally:
         plt.close(fig)
-    tmp.replace(path)
     return path
 
 
