@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from common.errors import ArgumentParser, UserError, run_main
+from common.results import check_output_folder
 from common.results import mark_test_checkpoint
 from modeling_anandasky_patched import AnandaSkyConfig, AnandaSkyForConditionalGeneration
 from processor import AnandaSkyProcessor
@@ -194,6 +195,7 @@ def build_parser() -> ArgumentParser:
 
 
 def main(args) -> int:
+    check_output_folder(args.output)
     if args.upstream_code:
         check_modeling_file(UPSTREAM_FIXTURE)  # before the build, not after it
     folder = build(args.output)

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from common.errors import ArgumentParser, run_main
+from common.results import check_output_folder
 from common.results import mark_test_checkpoint
 from common.tiny_checkpoint import build_tiny
 
@@ -89,6 +90,7 @@ def build_parser() -> ArgumentParser:
 
 
 def main(args) -> int:
+    check_output_folder(args.output)
     print(build(args.output, args.source))
     return 0
 

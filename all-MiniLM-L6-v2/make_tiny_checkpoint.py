@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from common.errors import ArgumentParser, run_main
+from common.results import check_output_folder
 from common.model_path import resolve_model_path
 from common.tiny_checkpoint import build_tiny
 from inference import DEFAULT_MODEL, MODEL_FAMILY, MODEL_NAME
@@ -26,6 +27,7 @@ def build(output, source=None) -> Path:
 
 
 def main(args) -> int:
+    check_output_folder(args.output)
     folder = build(args.output, args.source)
     print(f"wrote a tiny random checkpoint to {folder}; pass --model_path {folder}")
     return 0

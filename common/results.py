@@ -81,6 +81,18 @@ def check_writable(path: str | os.PathLike, flag: str = "--output") -> None:
         raise UserError(f"{flag} {path} exists and is read-only; choose another path or make it writable")
 
 
+def check_output_folder(path: str | os.PathLike, flag: str = "--output") -> None:
+    """Refuse a folder to write into that is a file or cannot be created or written, before the work starts."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} is a file; pass a folder to write into")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not _can_create_in(existing):
+        raise UserError(f"{flag} {path}: {existing} is not a writable folder; choose another path")
+
+
 def _can_create_in(folder: Path) -> bool:
     """Create and remove a probe file: os.access says yes to root for read-only mounts and for /proc."""
     try:

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from .errors import ArgumentParser, UserError, first_line, run_main
-from .results import mark_test_checkpoint, write_json
+from .results import check_output_folder, mark_test_checkpoint, write_json
 
 FAMILIES = ("sentence-transformers", "seq2seq", "causal-lm")
 SEED = 0  # default weight seed: the same source always gives the same checkpoint
@@ -307,6 +307,7 @@ def build_parser() -> ArgumentParser:
 
 def main(args) -> int:
     output = Path(args.output)
+    check_output_folder(output)
     if output.exists() and any(output.iterdir()):
         raise UserError(f"--output {args.output!r} exists and is not empty; pass a new folder")
     build_tiny(args.source, output, args.family, args.seed)

@@ -21,7 +21,8 @@ import json
 import sys
 from pathlib import Path
 
-from common.errors import ArgumentParser, UserError, run_main
+from common.errors import ArgumentParser, run_main
+from common.results import check_output_folder
 from common.results import mark_test_checkpoint
 
 FAMILY = "seq2seq"  # how common.tiny_checkpoint loads a --from model
@@ -135,8 +136,7 @@ def build(output, source: str | None = None) -> Path:
 
 def main(args) -> int:
     output = Path(args.output)
-    if output.exists() and not output.is_dir():
-        raise UserError(f"--output {args.output!r} is a file; pass a folder to write the checkpoint into")
+    check_output_folder(output)
     folder = build(output, args.source)
     what = f"checkpoint of {args.source}'s architecture" if args.source else "Flan-T5 checkpoint"
     print(f"wrote a tiny random {what} to {folder}; pass --model_path {folder}")

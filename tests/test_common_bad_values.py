@@ -3,6 +3,9 @@ written or would overwrite one another."""
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -57,3 +60,21 @@ def test_save_figure_leaves_no_temp_file_when_it_cannot_write(tmp_path):
     with pytest.raises(OSError):
         save_figure(fig, target)
     assert list(tmp_path.iterdir()) == []
+
+
+SCRIPTS_WRITING_A_FOLDER = ["AnandaSky/make_test_checkpoint.py", "Minitron-8B-Base/make_tiny_checkpoint.py",
+                            "all-MiniLM-L6-v2/make_tiny_checkpoint.py", "google_flan-t5-small/make_tiny_checkpoint.py"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS_WRITING_A_FOLDER)
+def test_checkpoint_builders_refuse_an_output_they_cannot_write_in_one_line(script, tmp_path):
+    root = Path(__file__).resolve().parent.parent
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    cases = [("/proc/tiny", "error: --output /proc/tiny: /proc is not a writable folder; choose another path"),
+             (a_file, f"error: --output {a_file} is a file; pass a folder to write into")]
+    for output, expected in cases:
+        done = subprocess.run([sys.executable, str(root / script), "--output", str(output)], capture_output=True,
+                              text=True, cwd=tmp_path, timeout=300)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.strip().splitlines() == [expected]
