@@ -29,10 +29,12 @@ from pathlib import Path
 import torch
 
 from common.diagnose import Probe, add_diagnosis_args, locate_if_needed, trace_if_asked
+from common.device import dtype_name, resolve_device, resolve_dtype
 from common.errors import ArgumentParser, run_main
 from common.metrics import format_parity, parity, verdict
-from common.results import default_result_path, result_record, write_json
-from inference import DEFAULT_PROMPT, MODEL_NAME, AnandaSkyOCR, add_model_args, read_image, resolve_folder, valid_prompt
+from common.results import check_outputs, default_result_path, result_record, write_json
+from inference import (DEFAULT_PROMPT, MODEL_NAME, AnandaSkyOCR, add_model_args, check_lengths, load_processor,
+                       read_image, resolve_folder, valid_prompt)
 
 HERE = Path(__file__).resolve().parent
 # The fixed inputs: (text, font size in pixels). With both prompts they give ~120 text positions for top-1.
@@ -92,8 +94,16 @@ def main(args) -> int:
     """Parity of --device/--dtype against CPU float32; writes the record; 0 on PASS, 1 on FAIL. Also what
     `inference.py --eval` runs, with that parser's arguments."""
     folder = resolve_folder(args.model_path)
-    inputs = eval_inputs(args.image, args.prompt)  # every input checked before the models load
     valid_prompt(args.prompt)
+    inputs = eval_inputs(args.image, args.prompt)  # every input checked before the models load
+    processor = load_processor(folder)
+    for prompt in dict.fromkeys(prompt for _, _, prompt in inputs):  # prefill only: no new tokens
+        check_lengths(processor, [image.size for _, image, _ in inputs], prompt, 0)
+    device = resolve_device(args.device)  # the default output names the device and dtype: resolved before loading
+    output = Path(args.output or default_result_path(HERE, "parity", folder, device,
+                                                     dtype_name(resolve_dtype(args.dtype, device)),
+                                                     "_remote_code" if args.remote_code else ""))
+    check_outputs({"--output": output})  # an unwritable result file fails now, not after the whole comparison
     test = AnandaSkyOCR(folder, args.device, args.dtype, remote_code=args.remote_code)
     reference = AnandaSkyOCR(folder, "cpu", "fp32")
     _, first_image, first_prompt = inputs[0]
@@ -109,8 +119,6 @@ def main(args) -> int:
     diagnosis = {**traced, **locate_if_needed(args, result["passed"], probe)}
     described = [{"image": name, "size_wh": list(image.size), "prompt": prompt, **pos}
                  for (name, image, prompt), pos in zip(inputs, positions)]
-    output = Path(args.output or default_result_path(HERE, "parity", folder, test.device, test.dtype_name,
-                                                          "_remote_code" if args.remote_code else ""))
     write_json(output, result_record("parity", device=test.device, dtype=test.dtype_name, model=folder,
                                      headline={"passed": result["passed"]}, **result, inputs=described,
                                      num_parameters=test.num_parameters(), **test.describe(),

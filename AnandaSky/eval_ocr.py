@@ -15,11 +15,12 @@ over space-separated words; both are corpus-level (long lines weigh more), and t
 exactly recognised lines are reported beside them, and a 95% bootstrap interval of the corpus CER over lines (two
 CERs whose intervals overlap are not shown to differ by this sample). The headline is the CER in percent. Every line
 is appended to a JSONL log as it finishes; --resume continues that log (a torn last line from a crash is dropped),
-so nothing is lost or counted twice.
+so nothing is lost or counted twice. The log is --output with the suffix .jsonl (an --output ending in .jsonl is
+refused: the summary would overwrite the log). Before the model loads, every listed image is opened and verified
+(missing, non-image, oversized), the prompt's length checked against the context and both outputs probed.
 """
 from __future__ import annotations
 
-import csv
 import sys
 from pathlib import Path
 
@@ -27,8 +28,11 @@ import numpy as np
 
 from common.device import dtype_name, resolve_device, resolve_dtype
 from common.errors import ArgumentParser, UserError, positive_int, run_main
-from common.results import append_run_record, default_result_path, open_run_log, result_record, write_json
-from inference import DEFAULT_PROMPT, AnandaSkyOCR, add_model_args, read_image, resolve_folder
+from common.results import (append_run_record, check_outputs, default_result_path, open_run_log, result_record,
+                            write_json)
+from common.textio import read_text_file
+from inference import (DEFAULT_PROMPT, AnandaSkyOCR, add_model_args, check_image, check_lengths, load_processor,
+                       read_image, resolve_folder)
 
 HERE = Path(__file__).resolve().parent
 BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED = 1000, 0  # the CER interval: resampled line sets, seeded (same data, same interval)
@@ -90,27 +94,37 @@ def summarize(samples: list[dict]) -> dict:
 # --- data ---------------------------------------------------------------------------------------------------------
 
 def load_labels(data: str) -> tuple[Path, list[dict]]:
-    """(folder, [{"image", "text"}]) from `<data>/labels.tsv`; one-line errors for a missing or malformed file."""
+    """(folder, [{"image", "text"}]) from `<data>/labels.tsv`; one-line errors for a missing or malformed file.
+    Split by hand, not with csv: a field has no length limit (csv stops at 128 KB) and no quoting; blank lines are
+    skipped."""
     folder = Path(data).expanduser()
     labels = folder / "labels.tsv"
     if not labels.is_file():
         raise UserError(f"--data {data!r} has no labels.tsv; pass a folder holding labels.tsv (image<TAB>text) and "
                         "its images, e.g. --data ../../shared/data/ocr/uw3_500/")
-    try:
-        with open(labels, encoding="utf-8", newline="") as f:
-            rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    except UnicodeDecodeError:
-        raise UserError(f"{labels} is not UTF-8 text") from None
-    if not rows or [c.strip().lower() for c in rows[0][:2]] != ["image", "text"]:
+    lines = read_text_file(labels, "labels file").split("\n")
+    rows = [(number, line.rstrip("\r").split("\t")) for number, line in enumerate(lines, 1) if line.strip()]
+    if not rows or [c.strip().lower() for c in rows[0][1][:2]] != ["image", "text"]:
         raise UserError(f"{labels} must start with the header line 'image<TAB>text'")
     items = []
-    for number, row in enumerate(rows[1:], 2):
-        if len(row) != 2 or not row[0]:
-            raise UserError(f"{labels} line {number} is not 'image<TAB>text'")
+    for number, row in rows[1:]:
+        if len(row) != 2 or not row[0].strip():
+            raise UserError(f"{labels} line {number} is not 'image<TAB>text' (it has {len(row)} tab-separated "
+                            "field(s)); fix that line")
         items.append({"image": row[0], "text": row[1]})
     if not items:
         raise UserError(f"{labels} lists no images")
     return folder, items
+
+
+def check_line_images(folder: Path, items: list[dict]) -> list[tuple[int, int]]:
+    """(width, height) of every listed image, each opened and verified without decoding (cheap), so a missing,
+    non-image or oversized file fails before the model loads, not 400 lines into the run."""
+    missing = [item["image"] for item in items if not (folder / item["image"]).is_file()]
+    if missing:
+        raise UserError(f"{len(missing)} image(s) listed in {folder / 'labels.tsv'} do not exist, the first: "
+                        f"{str(folder / missing[0])!r}; check --data")
+    return [check_image(folder / item["image"]) for item in items]
 
 
 def load_line_image(path: Path, rotate: str):
@@ -151,36 +165,24 @@ def build_parser() -> ArgumentParser:
 
 
 def main(args) -> int:
-    from tqdm import tqdm
-
     folder, all_items = load_labels(args.data)
     items = all_items[: args.limit] if args.limit else all_items
-    missing = [item["image"] for item in items if not (folder / item["image"]).is_file()]
-    if missing:  # checked before the model loads, not 400 lines into the run
-        raise UserError(f"{len(missing)} image(s) listed in {folder / 'labels.tsv'} do not exist, the first: "
-                        f"{str(folder / missing[0])!r}; check --data")
+    sizes = check_line_images(folder, items)
     model = resolve_folder(args.model_path)
+    check_lengths(load_processor(model), sizes, args.prompt, args.max_new_tokens)  # the context, before loading
     device = resolve_device(args.device)  # resolved before the model loads: a bad device fails at once
     output = Path(args.output or default_result_path(HERE, "task", model, device,
                                                      dtype_name(resolve_dtype(args.dtype, device)),
                                                      f"_ocr_{folder.name}{'_remote_code' if args.remote_code else ''}"))
     log = output.with_suffix(".jsonl")
+    # both before the model loads; `--output x.jsonl` would make the summary overwrite its own log: refused
+    check_outputs({"--output": output, "the per-sample log beside --output": log})
     config = {"data": folder.name, "num_lines": len(items), "model_path": args.model_path, "dtype": args.dtype,
               "prompt": args.prompt, "max_new_tokens": args.max_new_tokens, "rotate": args.rotate,
               "remote_code": args.remote_code}  # a resumed run must use the same modeling code
     records = open_run_log(log, config, args.resume, "eval_ocr.py")  # before the model loads: fail fast
     ocr = AnandaSkyOCR(model, device=args.device, dtype=args.dtype, remote_code=args.remote_code)
-    done = {r["image"] for r in records}
-    todo = [item for item in items if item["image"] not in done]
-    bar = tqdm(total=len(items), initial=len(items) - len(todo), desc="ocr", unit="line", file=sys.stderr)
-    for start in range(0, len(todo), args.batch_size):
-        for record in recognize_batch(ocr, folder, todo[start: start + args.batch_size], args):
-            append_run_record(log, config, record)
-            records.append(record)
-        bar.update(min(args.batch_size, len(todo) - start))
-        running = summarize(records)
-        bar.set_postfix(cer=f"{running['cer']:.3f}", wer=f"{running['wer']:.3f}")
-    bar.close()
+    run_lines(ocr, folder, items, records, lambda record: append_run_record(log, config, record), args)
     results = summarize(records)
     subset = f" (first {len(items)} of {len(all_items)} lines)" if len(items) < len(all_items) else ""
     headline = {"metric": f"CER % on {folder.name}{subset}", "value": 100 * results["cer"]}
@@ -193,6 +195,26 @@ def main(args) -> int:
           f"(rotated: {len(results['rotated'])})")
     print(f"wrote {output} and {log}")
     return 0
+
+
+def run_lines(ocr: AnandaSkyOCR, folder: Path, items: list[dict], records: list[dict], save, args) -> None:
+    """Recognise the lines not yet in `records`, batch by batch, saving and appending each record, under a progress
+    bar. The bar is closed (its line ended) whatever happens, so an error message starts on a line of its own."""
+    from tqdm import tqdm
+
+    done = {r["image"] for r in records}
+    todo = [item for item in items if item["image"] not in done]
+    bar = tqdm(total=len(items), initial=len(items) - len(todo), desc="ocr", unit="line", file=sys.stderr)
+    try:
+        for start in range(0, len(todo), args.batch_size):
+            for record in recognize_batch(ocr, folder, todo[start: start + args.batch_size], args):
+                save(record)
+                records.append(record)
+            bar.update(min(args.batch_size, len(todo) - start))
+            running = summarize(records)
+            bar.set_postfix(cer=f"{running['cer']:.3f}", wer=f"{running['wer']:.3f}")
+    finally:
+        bar.close()
 
 
 if __name__ == "__main__":

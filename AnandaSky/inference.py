@@ -23,6 +23,11 @@ which findings `common.flash_attn_compat.install()` covers, which still need att
 flash_attn stand-in and loads with trust_remote_code, refusing any missing or unexpected weight. The processor is
 this folder's processor.py either way.
 
+Limits, checked before the model loads: the prompt with its image tokens plus --max_new_tokens must fit the
+decoder's context (config.json text_config.max_position_embeddings, 40,960 for AnandaSky), and an image may have at
+most processor.MAX_INPUT_PIXELS pixels (larger ones are refused from their header, never decoded; within the cap
+every image is resized to the processor's max_pixels). `recognize` checks the context too, before generating.
+
 `--model_path` defaults to $ANANDASKY_MODEL_PATH; there is no hub download. `--eval` is the seed's spelling of
 `eval_accuracy.py` (the device and dtype under test against a CPU float32 reference; same flags, same result file,
 exit 1 on FAIL).
@@ -44,7 +49,7 @@ from common.errors import ArgumentParser, UserError, first_line, positive_int, r
 from common.model_path import check_weights
 from common.strict_load import load_strictly
 from modeling_anandasky_patched import AnandaSkyForConditionalGeneration
-from processor import AnandaSkyProcessor, ImageError, check_prompt, load_image
+from processor import AnandaSkyProcessor, ImageError, check_prompt, load_image, probe_image
 from remote_code import PATCHED_CODE, load_remote_model, prepare_remote_code, remote_code_files
 
 # The port's identity: `python -m common.new_port` rewrites these lines when it copies this folder.
@@ -83,12 +88,37 @@ def resolve_folder(model_path: str | None) -> Path:
     if not config.is_file():
         raise UserError(f"model folder {spec!r} has no config.json; pass a complete {MODEL_NAME} weights folder")
     try:
-        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+        settings = json.loads(config.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError):
         raise UserError(f"{str(config)!r} is not valid JSON; download the model again") from None
+    if not isinstance(settings, dict):
+        raise UserError(f"{str(config)!r} is not a JSON object (it holds a {type(settings).__name__}); pass a "
+                        f"complete {MODEL_NAME} weights folder")
+    model_type = settings.get("model_type")
     if model_type != MODEL_TYPE:
         raise UserError(f"{spec!r} holds a {model_type!r} model, not {MODEL_NAME} (model_type {MODEL_TYPE!r})")
     return check_weights(folder)
+
+
+def load_processor(folder: Path) -> AnandaSkyProcessor:
+    """The processor (tokenizer, image settings, context length) of a checked folder: cheap, so scripts load it
+    before the model to check their inputs' lengths. One-line errors."""
+    try:
+        return AnandaSkyProcessor.from_pretrained(folder)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"cannot load the processor from {str(folder)!r}: {first_line(exc)}") from None
+
+
+def check_lengths(processor: AnandaSkyProcessor, sizes: list, prompt: str, max_new_tokens: int) -> None:
+    """Refuse, before any compute, inputs that do not fit the model's context: the largest image's tokens (sizes
+    are (width, height)) plus the prompt, plus max_new_tokens."""
+    valid_prompt(prompt)
+    image_tokens = max(processor.image_tokens(height, width) for width, height in sizes)
+    try:
+        processor.check_length(image_tokens, image_tokens + processor.text_tokens(prompt), max_new_tokens,
+                               "the prompt with its image" if len(sizes) == 1 else "the prompt with its largest image")
+    except ValueError as exc:
+        raise UserError(str(exc).replace("max_new_tokens", "--max_new_tokens", 1)) from None
 
 
 def load_model(folder: Path, dtype: torch.dtype, remote_auto_class: str | None = None):
@@ -97,8 +127,8 @@ def load_model(folder: Path, dtype: torch.dtype, remote_auto_class: str | None =
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    processor = load_processor(folder)
     try:
-        processor = AnandaSkyProcessor.from_pretrained(folder)
         if remote_auto_class is None:
             model = load_strictly(partial(AnandaSkyForConditionalGeneration.from_pretrained, folder, dtype=dtype,
                                           attn_implementation="sdpa"), folder, hint=REMOTE_CODE_HINT)
@@ -123,6 +153,14 @@ def read_image(source):
     """RGB PIL image, or UserError naming the file and the problem."""
     try:
         return load_image(source)
+    except ImageError as exc:
+        raise UserError(str(exc)) from None
+
+
+def check_image(source) -> tuple[int, int]:
+    """(width, height) of an image file checked without decoding it (see processor.probe_image), or UserError."""
+    try:
+        return probe_image(source)
     except ImageError as exc:
         raise UserError(str(exc)) from None
 
@@ -176,11 +214,20 @@ class AnandaSkyOCR:
         texts = []
         for start in range(0, len(loaded), batch_size):
             batch = self.encode(loaded[start:start + batch_size], prompt)
+            self.check_length(batch, max_new_tokens)
             out = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                                       eos_token_id=self.processor.eos_token_id,
                                       pad_token_id=self.processor.pad_token_id)
             texts += self.processor.decode(out[:, batch["input_ids"].shape[1]:])
         return texts
+
+    def check_length(self, batch: dict, max_new_tokens: int = 0) -> None:
+        """UserError when an encoded batch plus max_new_tokens does not fit the model's context length."""
+        image_tokens = int((batch["input_ids"] == self.processor.image_token_id).sum(1).max())
+        try:
+            self.processor.check_length(image_tokens, batch["input_ids"].shape[1], max_new_tokens, "the input")
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
 
     @torch.inference_mode()
     def prefill(self, image, prompt: str = DEFAULT_PROMPT) -> dict:
@@ -188,6 +235,7 @@ class AnandaSkyOCR:
         logits (seq_len, vocab) at every position, image_features (patches, text hidden) from the vision encoder
         and bridge, and is_image_token (seq_len,) marking the <|image_pad|> positions."""
         batch = self.encode([read_image(image)], prompt)
+        self.check_length(batch)
         features = self.model.get_image_features(batch["pixel_values"], batch["image_grid_hw"])
         out = self.model(**batch, use_cache=False)
         return {"logits": out.logits[0].float().cpu(), "image_features": features.float().cpu(),
@@ -197,6 +245,7 @@ class AnandaSkyOCR:
     def logits(self, image, prompt: str = DEFAULT_PROMPT) -> torch.Tensor:
         """Prefill logits of one image + prompt: (seq_len, vocab) float32 on the CPU, every position."""
         batch = self.encode([read_image(image)], prompt)
+        self.check_length(batch)
         out = self.model(**batch, use_cache=False)
         return out.logits[0].float().cpu()
 
@@ -233,13 +282,16 @@ def main(args) -> int:
         return eval_accuracy.main(args)
     if args.trace_ops or args.locate or args.no_locate:
         raise UserError("--trace_ops, --locate and --no_locate go with --eval (the parity check they diagnose)")
+    if args.output:
+        raise UserError("--output is the --eval result file; without --eval the text goes to stdout (redirect it, "
+                        "e.g. `> texts.tsv`)")
     folder = resolve_folder(args.model_path)
     if not args.image:
         raise UserError("pass --image PATH [PATH ...] to read text from images (or --eval for the parity check)")
     if args.remote_code:
         remote_code_files(folder)  # a folder without code of its own fails now, not after the images are read
     images = [read_image(path) for path in args.image]  # every input checked before the model loads
-    valid_prompt(args.prompt)
+    check_lengths(load_processor(folder), [image.size for image in images], args.prompt, args.max_new_tokens)
     ocr = AnandaSkyOCR(folder, args.device, args.dtype, remote_code=args.remote_code)
     sys.stderr.write(f"model {folder} on {ocr.device} ({ocr.dtype_name}), {ocr.code_source}, "
                      f"{len(images)} image(s)\n")

@@ -9,7 +9,10 @@
 
 Images: a path, bytes or a PIL image; PNG, JPEG or anything PIL reads. Grayscale, palette and 16-bit images become
 RGB; transparency is composited on white (text-line scans are often black ink on a transparent background).
-A file that is missing, empty, not an image, truncated or zero-sized raises `ImageError` with one clear line.
+A file that is missing, empty, not an image, truncated or zero-sized raises `ImageError` with one clear line, and so
+does an image of more than MAX_INPUT_PIXELS pixels (checked from the header, before decoding: a decompression bomb,
+a tiny PNG declaring 100000x100000, is refused without allocating it). `probe_image` does those checks without
+decoding, to vet a whole data set before a model loads.
 Sizes: each side becomes a multiple of the patch size, the area is kept within [min_pixels, max_pixels], and the
 aspect ratio is kept to within one patch per side (Qwen2-VL's `smart_resize`, made safe for 100:1 text lines).
 """
@@ -19,6 +22,7 @@ import io
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +44,9 @@ DEFAULTS = dict(  # preprocessor_config.json keys and their values when absent
     image_std=[0.26862954, 0.26130258, 0.27577711],
 )
 RESAMPLE = Image.Resampling.BICUBIC
+# Largest input image, in pixels: PIL's decompression-bomb threshold (~89.5M, ~270 MB decoded as RGB). A 600 DPI
+# A4 scan is ~35M pixels; every image is resized to at most max_pixels anyway, so a larger one is refused, not decoded.
+MAX_INPUT_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
 
 
 class ImageError(ValueError):
@@ -81,18 +88,61 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(source) -> Image.Image:
-    """Decoded RGB image from a path, bytes or PIL image, or ImageError (missing, empty, not an image, corrupt)."""
-    opened, name = _source(source)
+def _too_large(name: str, detail: str) -> ImageError:
+    return ImageError(f"{name} is too large ({detail}); images are capped at {MAX_INPUT_PIXELS:,} pixels "
+                      "(processor.MAX_INPUT_PIXELS); downscale it first")
+
+
+def _open(opened, name: str) -> Image.Image:
+    """Image.open (header only) with the size checked before anything is decoded; ImageError otherwise."""
     try:
-        img = opened if isinstance(opened, Image.Image) else Image.open(opened)
+        with warnings.catch_warnings():  # between 1x and 2x PIL's limit it only warns: refused below instead
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = opened if isinstance(opened, Image.Image) else Image.open(opened)
+    except Image.DecompressionBombError as exc:  # past 2x PIL's limit: Image.open itself refuses
+        raise _too_large(name, str(exc).split(",")[0]) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise _unreadable(name, exc) from None
+    if img.width * img.height > MAX_INPUT_PIXELS:
+        raise _too_large(name, f"{img.width}x{img.height} = {img.width * img.height:,} pixels")
+    return img
+
+
+def _unreadable(name: str, exc: BaseException) -> ImageError:
+    detail = str(exc).split("\n")[0] or type(exc).__name__
+    if isinstance(exc, UnidentifiedImageError):  # PIL's text repeats the path or names a BytesIO object
+        detail = "not an image format PIL reads"
+    return ImageError(f"{name} is not a readable image ({detail}); is it truncated, or not an image?")
+
+
+def probe_image(source) -> tuple[int, int]:
+    """(width, height) of an image file, checked without decoding its pixels (missing, empty, not an image, corrupt
+    chunks, zero or past MAX_INPUT_PIXELS in size): cheap enough to vet every image of a data set up front."""
+    opened, name = _source(source)
+    img = _open(opened, name)
+    size = img.size
+    if not isinstance(opened, Image.Image):
+        try:
+            img.verify()  # reads the file's structure (chunk CRCs), not its pixels
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise _unreadable(name, exc) from None
+        finally:
+            img.close()
+    if size[0] < 1 or size[1] < 1:
+        raise ImageError(f"{name} has zero size ({size[0]}x{size[1]} pixels)")
+    return size
+
+
+def load_image(source) -> Image.Image:
+    """Decoded RGB image from a path, bytes or PIL image, or ImageError (missing, empty, not an image, corrupt, past
+    MAX_INPUT_PIXELS)."""
+    opened, name = _source(source)
+    img = _open(opened, name)
+    try:
         img.load()  # decode now: a truncated or corrupt file fails here, not deep inside the model
         img = ImageOps.exif_transpose(img)  # phone photos of handwriting are stored sideways with an EXIF flag
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
-        detail = str(exc).split("\n")[0] or type(exc).__name__
-        if isinstance(exc, UnidentifiedImageError):  # PIL's text repeats the path or names a BytesIO object
-            detail = "not an image format PIL reads"
-        raise ImageError(f"{name} is not a readable image ({detail}); is it truncated, or not an image?") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise _unreadable(name, exc) from None
     if img.width < 1 or img.height < 1:
         raise ImageError(f"{name} has zero size ({img.width}x{img.height} pixels)")
     return _to_rgb(img)
@@ -125,11 +175,26 @@ def target_size(height: int, width: int, patch: int, min_pixels: int, max_pixels
     return h, w
 
 
+def context_length(config, tokenizer) -> tuple[int, str]:
+    """(the decoder's context length, where it comes from): config.json's text_config.max_position_embeddings, or
+    the tokenizer's model_max_length when that is finite and smaller."""
+    limit = int(config.text_config.max_position_embeddings)
+    tokenizer_limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tokenizer_limit, int) and 0 < tokenizer_limit < limit:
+        return tokenizer_limit, "tokenizer_config.json model_max_length"
+    return limit, "config.json text_config.max_position_embeddings"
+
+
 def check_prompt(prompt) -> str:
-    """The prompt, or ValueError: it must be a string without the chat/vision special tokens (a literal
+    """The prompt, or ValueError: it must be a UTF-8 string without the chat/vision special tokens (a literal
     <|image_pad|> would desynchronise image tokens and patches)."""
     if not isinstance(prompt, str):
         raise ValueError(f"a prompt must be a string, got {type(prompt).__name__}")
+    try:
+        prompt.encode("utf-8")  # a non-UTF-8 byte on the command line arrives as a lone surrogate
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"the prompt is not valid UTF-8 text (character {exc.start}); pass UTF-8 text (check the "
+                         "terminal's or the calling script's encoding)") from None
     found = [tok for tok in SPECIAL_TOKENS if tok in prompt]
     if found:
         raise ValueError(f"the prompt must not contain the special tokens {found}")
@@ -163,6 +228,8 @@ class AnandaSkyProcessor:
             raise ValueError(f"the tokenizer lacks the special tokens {missing}")
         self.token_ids = ids
         self.image_token_id, self.pad_token_id, self.eos_token_id = ids[IMAGE_PAD], ids[ENDOFTEXT], ids[IM_END]
+        # tokens the decoder attends over, and where that number comes from; set by from_pretrained from the config
+        self.context_length, self.context_source = None, None
 
     @classmethod
     def from_pretrained(cls, folder) -> "AnandaSkyProcessor":
@@ -176,7 +243,9 @@ class AnandaSkyProcessor:
         # the model config, passed in: left to itself AutoTokenizer would read config.json's auto_map and ask
         # whether to trust the remote code (a prompt on stdin), only to learn the model type
         config = AnandaSkyConfig.from_pretrained(str(folder))
-        return cls(AutoTokenizer.from_pretrained(str(folder), config=config, trust_remote_code=False), **known)
+        processor = cls(AutoTokenizer.from_pretrained(str(folder), config=config, trust_remote_code=False), **known)
+        processor.context_length, processor.context_source = context_length(config, processor.tokenizer)
+        return processor
 
     def to_dict(self) -> dict:
         return {"processor_class": type(self).__name__, "patch_size": self.patch_size, "min_pixels": self.min_pixels,
@@ -190,6 +259,32 @@ class AnandaSkyProcessor:
 
     def target_size(self, height: int, width: int) -> tuple[int, int]:
         return target_size(height, width, self.patch_size, self.min_pixels, self.max_pixels)
+
+    def image_tokens(self, height: int, width: int) -> int:
+        """<|image_pad|> tokens of an image of this size, without reading it: one per patch once resized."""
+        h, w = self.target_size(height, width)
+        return (h // self.patch_size) * (w // self.patch_size)
+
+    def text_tokens(self, prompt: str) -> int:
+        """Tokens of the prompt and the chat format around it: the model input's length less the image tokens."""
+        text = self.build_prompt(0, check_prompt(prompt))
+        # verbose=False: the tokenizer would warn about a too-long input; check_length says it in one line instead
+        return len(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+    def check_length(self, image_tokens: int, prompt_tokens: int, max_new_tokens: int, what: str = "the input") -> None:
+        """ValueError when a prompt plus the tokens to generate does not fit the context length (no check when
+        the processor was built without a config, context_length None)."""
+        limit = self.context_length
+        if limit is None:
+            return
+        if prompt_tokens > limit:
+            raise ValueError(f"{what} is {prompt_tokens:,} tokens ({image_tokens:,} image + "
+                             f"{prompt_tokens - image_tokens:,} prompt and chat-format tokens), past the model's "
+                             f"context length of {limit:,} tokens ({self.context_source}); shorten the prompt")
+        if prompt_tokens + max_new_tokens > limit:
+            raise ValueError(f"max_new_tokens {max_new_tokens:,} plus {what} ({prompt_tokens:,} tokens) is past the "
+                             f"model's context length of {limit:,} tokens ({self.context_source}); use at most "
+                             f"{limit - prompt_tokens:,} new tokens")
 
     def image_patches(self, image) -> tuple[torch.Tensor, tuple[int, int]]:
         """One image -> its normalised patches (n, 3*P*P) float32 and its grid (rows, columns) of patches."""
@@ -221,7 +316,7 @@ class AnandaSkyProcessor:
             patches.append(pixels)
             grids.append(grid)
             text = self.build_prompt(pixels.shape[0], check_prompt(prompt))
-            rows.append(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            rows.append(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])  # see text_tokens
         input_ids, attention_mask = self.left_pad(rows)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": torch.cat(patches),
                 "image_grid_hw": torch.tensor(grids, dtype=torch.long)}

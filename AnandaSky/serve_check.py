@@ -11,13 +11,18 @@ Checks, in order (all run unless the server cannot be reached at all):
   3. image chat: the same with an image_url content part holding a base64 PNG data URL and "Recognize the text in
                  this image."; the image is --image (re-encoded as PNG) or a line of text rendered here with PIL.
 A server that is up but cannot answer is not ready. Exit status: 0 all checks pass; 1 a check failed or the server
-is not reachable (connection refused, timeout); 2 bad arguments (malformed --base-url, missing or non-image --image).
+is not reachable (connection refused, timeout, connection closed mid-answer); 2 bad arguments (malformed --base-url,
+missing, non-image or oversized --image, an unwritable --output), found before any request.
+Redirects are never followed: urllib would forward the Authorization header (the --api-key) to whatever address the
+Location names, and a 302 turns the POST into a GET. A redirect is a FAIL naming the Location; pass the address
+the server answers on as --base-url. The key is only ever sent to --base-url.
 --base-url may end in /v1 or not. Only the standard library and PIL: no `requests` or `openai` package needed
 (`--output` also records library versions through common.results, which imports torch).
 """
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import ipaddress
 import json
@@ -27,6 +32,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 from pathlib import Path
 
 from common.errors import ArgumentParser, UserError, positive_int, run_main
@@ -38,10 +44,20 @@ TEXT_MAX_TOKENS = 16  # enough for "OK" and some politeness
 IMAGE_MAX_TOKENS = 64  # enough to read back one rendered line
 DEFAULT_IMAGE_TEXT = "AnandaSky OCR 2025"  # what the default image says, for comparing with the answer
 ANSWER_CHARS = 80  # printed answers and error bodies are cut to this many characters
+# --image cap, in pixels: PIL's decompression-bomb threshold (~89.5M, ~270 MB decoded); a page scan is far smaller
+MAX_IMAGE_PIXELS = 89_478_485
 
 
 class Unreachable(Exception):
     """No HTTP answer at all: connection refused, unknown host, timeout."""
+
+
+class CutOff(Unreachable):
+    """An answer began but did not arrive whole: the connection closed mid-body, a malformed status line."""
+
+
+class Redirected(Exception):
+    """The server answered with a redirect (3xx), which is not followed; the message names the Location."""
 
 
 def normalize_base_url(text: str) -> str:
@@ -83,26 +99,50 @@ def load_image_png(path: str) -> bytes:
     file = Path(path)
     if not file.is_file():
         raise UserError(f"--image {path!r} does not exist or is not a file")
+    too_large = (f"--image {path!r} is too large: more than {MAX_IMAGE_PIXELS:,} pixels (serve_check.MAX_IMAGE_PIXELS, "
+                 "PIL's decompression-bomb limit); downscale it first")
     try:
-        with Image.open(file) as image:
-            image.load()
-            rgb = image.convert("RGBA" if "A" in image.getbands() else "RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        with warnings.catch_warnings():  # PIL only warns between 1x and 2x its limit: refused below instead
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(file) as image:
+                if image.width * image.height > MAX_IMAGE_PIXELS:  # from the header, before decoding anything
+                    raise UserError(f"{too_large} ({image.width}x{image.height})")
+                image.load()
+                rgb = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+    except Image.DecompressionBombError:  # past 2x the limit: Image.open refuses by itself
+        raise UserError(too_large) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
         raise UserError(f"--image {path!r} is not an image PIL can read ({type(exc).__name__})") from None
     buffer = io.BytesIO()
     rgb.save(buffer, format="PNG")
     return buffer.getvalue()
 
 
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Turns every redirect into an HTTPError with its 3xx status: following it would send the Authorization header
+    to the Location's address (urllib forwards all headers) and turn a POST into a GET."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D102 - urllib API
+        return None
+
+
 def _opener(base_url: str) -> urllib.request.OpenerDirector:
-    """Direct connections for a loopback server (an http_proxy variable must not send 127.0.0.1 to a proxy);
-    the environment's proxy settings otherwise."""
+    """Redirects not followed; direct connections for a loopback server (an http_proxy variable must not send
+    127.0.0.1 to a proxy); the environment's proxy settings otherwise."""
     host = urllib.parse.urlsplit(base_url).hostname or ""
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = False
-    return urllib.request.build_opener(urllib.request.ProxyHandler({})) if loopback else urllib.request.build_opener()
+    handlers = [NoRedirect] + ([urllib.request.ProxyHandler({})] if loopback else [])
+    return urllib.request.build_opener(*handlers)
+
+
+def check_api_key(key: str | None) -> None:
+    """A bearer key is one HTTP header value: printable ASCII without spaces (http.client would raise otherwise)."""
+    if key is not None and (not key or any(not 33 <= ord(c) <= 126 for c in key)):
+        raise UserError("--api_key must be printable ASCII without spaces or line breaks (it is sent as an HTTP "
+                        "Authorization header); check the key")
 
 
 class Server:
@@ -113,8 +153,8 @@ class Server:
         self.opener = _opener(base_url)
 
     def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, str, float]:
-        """(HTTP status, body text, seconds). An HTTP error status is an answer and is returned; no answer at all
-        raises Unreachable."""
+        """(HTTP status, body text, seconds). An HTTP error status is an answer and is returned; a redirect raises
+        Redirected; no answer at all raises Unreachable, an answer cut short CutOff."""
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = "application/json"
@@ -124,18 +164,30 @@ class Server:
         req = urllib.request.Request(self.base_url + path, data=data, headers=headers, method=method)
         start = time.perf_counter()
         try:
-            with self.opener.open(req, timeout=self.timeout) as response:
-                status, raw = response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            status, raw = exc.code, exc.read()
+            status, raw = self._exchange(req)
         except urllib.error.URLError as exc:
             timed_out = isinstance(exc.reason, (TimeoutError, socket.timeout))
             raise Unreachable(f"no answer within {self.timeout} s" if timed_out else str(exc.reason)) from None
         except (TimeoutError, socket.timeout):
             raise Unreachable(f"no answer within {self.timeout} s") from None
-        except (ConnectionError, OSError) as exc:  # dropped mid-answer, bad status line
-            raise Unreachable(f"connection failed ({type(exc).__name__}: {exc})") from None
+        except http.client.IncompleteRead as exc:
+            raise CutOff(f"the connection closed mid-answer ({len(exc.partial)} bytes read, "
+                         f"{exc.expected} more expected)") from None
+        except (http.client.HTTPException, ConnectionError, OSError) as exc:  # dropped, bad status line
+            raise CutOff(f"connection failed ({type(exc).__name__}: {_cut(str(exc))})") from None
         return status, raw.decode("utf-8", "replace"), time.perf_counter() - start
+
+    def _exchange(self, req: urllib.request.Request) -> tuple[int, bytes]:
+        """(status, body bytes) of one request; an error status's body is read too; a redirect raises Redirected."""
+        try:
+            with self.opener.open(req, timeout=self.timeout) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            if 300 <= exc.code < 400:
+                location = exc.headers.get("Location") or "(no Location header)"
+                raise Redirected(f"HTTP {exc.code} redirect to {_cut(location)} not followed (the API key is only "
+                                 "sent to --base-url); pass the address the server answers on as --base-url") from None
+            return exc.code, exc.read()
 
 
 def _cut(text: str, limit: int = ANSWER_CHARS) -> str:
@@ -218,8 +270,11 @@ def main(args) -> int:
     base_url = normalize_base_url(args.base_url)
     if not args.model.strip():
         raise UserError("--model is empty; pass the name the server serves (see GET /v1/models)")
-    if args.output and Path(args.output).is_dir():
-        raise UserError(f"--output {args.output!r} is a folder; give a file name such as result.json")
+    check_api_key(args.api_key)
+    if args.output:
+        from common.results import check_outputs
+
+        check_outputs({"--output": args.output})  # before any request: the checks' result must not be lost
     png = load_image_png(args.image) if args.image else render_text_image()
     server = Server(base_url, args.model, args.timeout, args.api_key)
     checks = [("models", lambda: check_models(server)),
@@ -229,8 +284,11 @@ def main(args) -> int:
     for name, run in checks:
         try:
             results.append(run())
+        except Redirected as exc:
+            results.append(_result(name, False, None, str(exc)))
         except Unreachable as exc:
-            results.append(_result(name, False, None, f"server not reachable at {base_url}: {exc}"))
+            where = "incomplete answer from" if isinstance(exc, CutOff) else "server not reachable at"
+            results.append(_result(name, False, None, f"{where} {base_url}: {exc}"))
             print(format_line(results[-1]), flush=True)
             break  # nothing more to learn from the other checks
         print(format_line(results[-1]), flush=True)

@@ -1,7 +1,8 @@
 """AnandaSky/serve_check.py against a fake OpenAI-compatible server in a thread, one behaviour per test: healthy
 (it validates each request: model name, message shape, a decodable base64 PNG data URL), chat failing with 500,
-another model served, empty answers, an API key required, a slow server; plus an unreachable port and bad
-arguments, which must not send any request."""
+another model served, empty answers, an API key required, a slow server, a redirect to another server (never
+followed: the key must not leave --base-url), a connection closed mid-answer; plus an unreachable port and bad
+arguments (a decompression-bomb --image, an unwritable --output), which must not send any request."""
 from __future__ import annotations
 
 import base64
@@ -9,9 +10,11 @@ import importlib.util
 import io
 import json
 import socket
+import struct
 import sys
 import threading
 import time
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -93,8 +96,27 @@ class FakeOpenAI(BaseHTTPRequestHandler):
             return False
         return True
 
+    def redirect(self):
+        """Behaviour 'redirect': every request is sent on to server.location with server.redirect_status."""
+        self.send_response(self.server.redirect_status)
+        self.send_header("Location", self.server.location + self.path)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def cut_off(self):
+        """Behaviour 'cut_off': announces 1000 bytes, sends 10 and closes the connection."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        self.wfile.write(b'{"data": [')
+        self.wfile.flush()
+        self.close_connection = True
+
     def do_GET(self):  # noqa: N802 - http.server API
-        self.server.requests.append(("GET", self.path, None))
+        self.server.requests.append(("GET", self.path, None, dict(self.headers)))
+        if self.server.behaviour in ("redirect", "cut_off"):
+            return getattr(self, self.server.behaviour)()
         if not self.authorised():
             return
         if self.path != "/v1/models":
@@ -104,10 +126,12 @@ class FakeOpenAI(BaseHTTPRequestHandler):
 
     def do_POST(self):  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.server.requests.append(("POST", self.path, body))
+        self.server.requests.append(("POST", self.path, body, dict(self.headers)))
+        behaviour = self.server.behaviour
+        if behaviour in ("redirect", "cut_off"):
+            return getattr(self, behaviour)()
         if not self.authorised():
             return
-        behaviour = self.server.behaviour
         if self.path != "/v1/chat/completions":
             return self.reply(404, {"detail": "Not Found"})
         if behaviour == "chat_500":
@@ -131,14 +155,28 @@ class FakeServer(ThreadingHTTPServer):
         pass
 
 
-@pytest.fixture
-def server():
+def start_server():
     """A fresh fake server on a free port; set .behaviour / .api_key per test, read .requests afterwards."""
     httpd = FakeServer(("127.0.0.1", 0), FakeOpenAI)
     httpd.behaviour, httpd.api_key, httpd.requests = "healthy", None, []
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    return httpd
+
+
+@pytest.fixture
+def server():
+    httpd = start_server()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def elsewhere():
+    """A second healthy server on another port: where a redirect points. It must never hear from serve_check."""
+    httpd = start_server()
     yield httpd
     httpd.shutdown()
     httpd.server_close()
@@ -155,7 +193,7 @@ def test_healthy_server_is_ready(serve_check, server, monkeypatch, capsys, tmp_p
     printed = lines(capsys)
     assert [line.split()[0] for line in printed] == ["PASS"] * 3, printed
     assert "ms" in printed[1] and "'OK'" in printed[1] and "AnandaSky OCR 2025" in printed[2]
-    methods = [(method, path) for method, path, _ in server.requests]
+    methods = [(method, path) for method, path, *_ in server.requests]
     assert methods == [("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("POST", "/v1/chat/completions")]
     text_body = server.requests[1][2]
     assert text_body["temperature"] == 0 and 0 < text_body["max_tokens"] <= 32
@@ -224,7 +262,45 @@ def test_timeout_is_not_reachable(serve_check, server, monkeypatch, capsys):
     assert "not reachable" in printed[1] and "no answer within 1 s" in printed[1]
 
 
+@pytest.mark.parametrize("status", [302, 307])
+def test_redirect_is_a_fail_and_the_key_never_leaves_base_url(serve_check, server, elsewhere, monkeypatch, capsys,
+                                                              status):
+    """urllib follows redirects with every header: the bearer key reached the other port, and a 302 (POST turned
+    into GET) still gave three PASS lines. Now nothing is followed and each check FAILs naming the Location."""
+    server.behaviour, server.redirect_status, server.location = "redirect", status, elsewhere.url
+    elsewhere.api_key = "secret"
+    assert run(serve_check, ["--base-url", server.url, "--model", MODEL, "--api-key", "secret"], monkeypatch) == 1
+    printed = lines(capsys)
+    assert [line.split()[0] for line in printed] == ["FAIL"] * 3, printed
+    assert all(f"HTTP {status} redirect to {elsewhere.url}/v1/" in line and "not followed" in line
+               for line in printed), printed
+    assert elsewhere.requests == []  # the second server never received a request, let alone the key
+    assert [headers["Authorization"] for *_, headers in server.requests] == ["Bearer secret"] * 3
+
+
+def test_connection_closed_mid_answer_is_one_fail_line(serve_check, server, monkeypatch, capsys):
+    server.behaviour = "cut_off"  # Content-Length 1000, 10 bytes sent, connection closed
+    assert run(serve_check, ["--base-url", server.url, "--model", MODEL], monkeypatch) == 1
+    printed = lines(capsys)
+    assert len(printed) == 1 and printed[0].startswith("FAIL") and "closed mid-answer" in printed[0], printed
+    assert "10 bytes read, 990 more expected" in printed[0]
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A ~60-byte PNG whose header declares width x height pixels (a decompression bomb when that is huge)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["--image", "{tmp}/bomb.png"], "is too large"),  # 100000x100000: PIL's DecompressionBombError, a traceback
+    (["--image", "{tmp}/big.png"], "is too large"),  # 10000x10000: past the cap, below PIL's error
+    (["--output", "/proc/serve_check.json"], "not a writable folder"),  # found after the checks, with a traceback
+    (["--output", "{tmp}"], "is a folder"),
+    (["--api-key", "line\nbreak"], "printable ASCII"),  # http.client's ValueError, a traceback
     (["--image", "{tmp}/missing.png"], "does not exist"),
     (["--image", "{tmp}/notes.png"], "is not an image"),
     (["--image", "{tmp}"], "is not a file"),
@@ -237,6 +313,8 @@ def test_timeout_is_not_reachable(serve_check, server, monkeypatch, capsys):
 ])
 def test_bad_arguments_exit_2_without_a_request(serve_check, server, monkeypatch, capsys, tmp_path, argv, message):
     (tmp_path / "notes.png").write_text("not a picture")
+    (tmp_path / "bomb.png").write_bytes(png_declaring(100_000, 100_000))
+    (tmp_path / "big.png").write_bytes(png_declaring(10_000, 10_000))
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     base = [] if "--base-url" in argv else ["--base-url", server.url]
     model = [] if "--model" in argv else ["--model", MODEL]
