@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import os
 import sys
 from functools import partial
@@ -25,6 +26,8 @@ from common.errors import UserError, first_line
 from common.strict_load import load_strictly
 
 PATCHED_CODE = "modeling_anandasky_patched.py"  # the code used without --remote_code (this folder's own)
+# "module.Class": a file beside config.json; no path parts, so a reference cannot reach outside the folder
+AUTO_MAP_REFERENCE = re.compile(r"[A-Za-z_]\w*\.[A-Za-z_]\w*")
 REMOTE_AUTO_CLASSES = ("AutoModelForCausalLM", "AutoModel")  # auto_map entries --remote_code loads, first found wins
 COMPAT_RULE = "flash-attn"  # common.lint_port's rule for flash_attn use: the only one the compatibility layer covers
 COMPAT_NAME = "flash_attn_compat.install()"  # what covers it, as the summary and the findings' covered_by say
@@ -45,9 +48,12 @@ def remote_code_files(folder: Path) -> tuple[str, list[Path]]:
         reference = auto_map.get(key)
         if reference is None:
             continue
-        if "--" in reference:  # "other/repo--module.Class": code in another hub repository, not in this folder
+        if isinstance(reference, str) and "--" in reference:  # "other/repo--module.Class": another hub repository
             raise UserError(f"{str(folder)!r}: auto_map {key} points at another repository ({reference}); only code "
                             f"inside the weights folder is run; drop --remote_code to use {PATCHED_CODE}")
+        if not isinstance(reference, str) or not AUTO_MAP_REFERENCE.fullmatch(reference):
+            raise UserError(f"{str(folder)!r}: config.json's auto_map {key} is {reference!r}, not 'module.ClassName' "
+                            f"of a file in the folder; fix config.json, or drop --remote_code to use {PATCHED_CODE}")
         file = folder / f"{reference.rsplit('.', 1)[0]}.py"
         if not file.is_file():
             raise UserError(f"{str(folder)!r}: config.json's auto_map names {reference} but {file.name} is not in the "

@@ -132,11 +132,16 @@ def test_eval_accuracy_passes_with_the_code_source_recorded(upstream, cli, capsy
     ("no auto_map", "carries no modeling code of its own"),
     ("file absent", "modeling_anandasky.py is not in the folder"),
     ("renamed tensor", "do not match the architecture: 1 missing (bridge.fc1.weight); 1 unexpected (bridge.fc_1.weight)"),
+    ("auto_map not a string", "auto_map AutoModelForCausalLM is 5, not 'module.ClassName'"),
+    ("auto_map outside the folder", "auto_map AutoModelForCausalLM is '../evil.Model', not 'module.ClassName'"),
 ])
 def test_refused_in_one_line(upstream, tmp_path, scans, cli, capsys, case, message):
     target = tmp_path / "folder"
     if case == "no auto_map":
         variant(upstream, target, config=lambda c: {k: v for k, v in c.items() if k != "auto_map"})
+    elif case.startswith("auto_map"):
+        bad = 5 if case == "auto_map not a string" else "../evil.Model"
+        variant(upstream, target, config=lambda c: {**c, "auto_map": {**c["auto_map"], "AutoModelForCausalLM": bad}})
     elif case == "file absent":
         variant(upstream, target, drop=("modeling_anandasky.py",))
     else:
