@@ -22,9 +22,9 @@ import torch
 from common.diagnose import Probe, add_diagnosis_args, eager, locate_if_needed, trace_if_asked
 from common.errors import ArgumentParser, run_main
 from common.metrics import format_parity, parity, verdict
-from common.results import default_result_path, result_record, write_json
+from common.results import check_outputs, result_record, write_json
 from common.textio import read_lines
-from inference import MODEL_CLASS, MODEL_NAME, MiniLMEncoder, add_model_args
+from inference import MODEL_CLASS, MODEL_NAME, MiniLMEncoder, add_model_args, planned_result_path
 
 HERE = Path(__file__).resolve().parent
 # The seed's protocol: 24 fixed texts covering scripts, punctuation, digits and lengths from one word to ~250 tokens.
@@ -93,6 +93,8 @@ def main(args) -> int:
     texts = list(PROBE_TEXTS)
     if args.file:
         texts += read_lines(args.file, "--file")[0]
+    output = planned_result_path(args, "parity", "_compiled" if args.compile else "")
+    check_outputs({"--output": output})  # before either model loads
     test = MiniLMEncoder(args.model_path, args.device, args.dtype, compile=args.compile)
     reference = MiniLMEncoder(args.model_path, "cpu", "fp32")
     print(f"{len(texts)} texts, {test.describe()}\n{test.device} {test.dtype_name}"
@@ -106,8 +108,6 @@ def main(args) -> int:
     result = verdict(parts)
     print(f"OVERALL: {'PASS' if result['passed'] else 'FAIL'}")
     diagnosis = {**traced, **locate_if_needed(args, result["passed"], probe)}
-    output = Path(args.output or default_result_path(HERE, "parity", test.model_dir, test.device, test.dtype_name,
-                                                     "_compiled" if args.compile else ""))
     write_json(output, result_record(
         "parity", device=test.device, dtype=test.dtype_name, model=test.model_dir,
         headline={"passed": result["passed"]}, **result, texts=len(texts),

@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import ArgumentParser, positive_int, run_main
-from common.results import default_result_path, result_record, write_json
-from common.stsb import correlations, load_pairs
-from inference import DEFAULT_BATCH_SIZE, MODEL_NAME, MiniLMEncoder, add_model_args
+from common.results import check_outputs, result_record, write_json
+from common.stsb import correlations, load_pairs, select_pairs
+from inference import (DEFAULT_BATCH_SIZE, MODEL_NAME, MiniLMEncoder, add_model_args, check_batch_size,
+                       planned_result_path)
 
 HERE = Path(__file__).resolve().parent
 METRIC = "STS-B Spearman x100"  # the headline: what MTEB's STSBenchmark column reports (cosine Spearman)
@@ -45,12 +46,18 @@ def score(encoder: MiniLMEncoder, pairs, batch_size: int) -> dict:
 
 
 def main(args) -> int:
-    pairs, source, digest = load_pairs(args.data)  # checked before the model loads
-    pairs = pairs[: args.limit] if args.limit else pairs
+    check_batch_size(args.batch_size)  # everything a user passes is checked before the model loads
+    pairs, source, digest = load_pairs(args.data)
+    pairs = select_pairs(pairs, args.limit)
+    output = planned_result_path(args, "task", "_stsb")
+    check_outputs({"--output": output})
     encoder = MiniLMEncoder(args.model_path, args.device, args.dtype, compile=args.compile)
     print(f"STS-B: {len(pairs)} pairs from {source} on {encoder.device} ({encoder.dtype_name}); "
           f"{encoder.describe()}")
     result = score(encoder, pairs, args.batch_size)
+    if result["truncated"]:
+        print(f"{result['truncated']} sentence(s) longer than {encoder.max_seq_length} tokens were truncated to "
+              "it, as sentence-transformers does")
     if result["nonfinite_embeddings"]:
         print(f"error: {result['nonfinite_embeddings']} embeddings are NaN/inf; not scored. Try --dtype fp32",
               file=sys.stderr)
@@ -58,8 +65,6 @@ def main(args) -> int:
         (lo, hi), (plo, phi) = result["spearman_ci95"], result["pearson_ci95"]
         print(f"Spearman x100: {result['spearman_x100']:.2f} (95% CI {lo:.2f}-{hi:.2f})   "
               f"Pearson x100: {result['pearson_x100']:.2f} (95% CI {plo:.2f}-{phi:.2f})")
-    output = Path(args.output or default_result_path(HERE, "task", encoder.model_dir, encoder.device,
-                                                     encoder.dtype_name, "_stsb"))
     write_json(output, result_record(
         "task", device=encoder.device, dtype=encoder.dtype_name, model=encoder.model_dir,
         headline={"metric": METRIC, "value": result["spearman_x100"]}, data=source, data_sha256=digest,

@@ -30,9 +30,10 @@ import torch
 from tqdm.auto import tqdm
 
 from common.device import dtype_name, resolve_device, resolve_dtype
-from common.errors import ArgumentParser, UserError, first_line, positive_int, run_main
+from common.errors import ArgumentParser, UserError, check_at_most, first_line, positive_int, run_main
 from common.model_path import resolve_model_path
 from common.pooling import l2_normalize, pool
+from common.results import atomic_file, check_outputs, default_result_path
 from common.strict_load import load_strictly
 from common.textio import read_lines
 from st_checkpoint import Checkpoint, load_dense, read_checkpoint
@@ -45,6 +46,10 @@ MODEL_CLASS = "MiniLMEncoder"  # the class users import
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_BATCH_SIZE = 32  # sentence-transformers' default, so comparisons are like for like
+# Texts per forward pass, at most: past ~1k a batch no longer speeds encoding up, while its attention scores
+# (batch x heads x length^2 floats) grow past 10 GB at 512 tokens; the model itself sets no such limit.
+MAX_BATCH_SIZE = 1024
+EMBEDDING_SUFFIXES = (".npy", ".jsonl")  # --output formats
 SIMILARITY_TABLE_MAX = 10  # print the cosine table only when it fits on a screen
 
 
@@ -289,16 +294,13 @@ def cosine_table(texts: list[str], vectors: np.ndarray) -> str:
 
 def save_embeddings(path: Path, texts: list[str], vectors: np.ndarray) -> None:
     """.npy (the array) or .jsonl (one {"text", "embedding"} per line); written atomically via a temp file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     if path.suffix == ".npy":
-        with open(tmp, "wb") as f:
+        with atomic_file(path, "wb") as f:
             np.save(f, vectors)
-    else:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for text, vec in zip(texts, vectors):
-                f.write(json.dumps({"text": text, "embedding": [round(float(x), 7) for x in vec]}) + "\n")
-    tmp.replace(path)
+        return
+    with atomic_file(path, "w") as f:
+        for text, vec in zip(texts, vectors):
+            f.write(json.dumps({"text": text, "embedding": [round(float(x), 7) for x in vec]}) + "\n")
 
 
 def gather_texts(args) -> list[str]:
@@ -313,9 +315,26 @@ def gather_texts(args) -> list[str]:
     return texts
 
 
+def planned_result_path(args, kind: str, suffix: str = "") -> Path:
+    """--output, or the default result path (the same one the loaded encoder would give), worked out before the
+    model loads so that the scripts can check it first."""
+    if args.output:
+        return Path(args.output)
+    device = resolve_device(args.device)
+    model_dir = resolve_model_path(args.model_path, default=DEFAULT_MODEL)
+    return default_result_path(HERE, kind, model_dir, device, dtype_name(resolve_dtype(args.dtype, device)), suffix)
+
+
+def check_batch_size(batch_size: int, flag: str = "--batch_size") -> None:
+    check_at_most(batch_size, MAX_BATCH_SIZE, flag, "this port's MAX_BATCH_SIZE")
+
+
 def main(args) -> int:
-    if args.output and Path(args.output).suffix not in (".npy", ".jsonl"):
-        raise UserError(f"--output {args.output!r} must end in .npy or .jsonl")
+    if args.output:  # every output check happens before the model loads, so a bad path costs nothing
+        if Path(args.output).suffix not in EMBEDDING_SUFFIXES:
+            raise UserError(f"--output {args.output!r} must end in .npy or .jsonl")
+        check_outputs({"--output": args.output})
+    check_batch_size(args.batch_size)
     texts = gather_texts(args)
     encoder = MiniLMEncoder(args.model_path, args.device, args.dtype, args.max_seq_length, compile=args.compile)
     print(f"model {encoder.model_dir} on {encoder.device} ({encoder.dtype_name})")

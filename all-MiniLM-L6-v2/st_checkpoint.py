@@ -11,8 +11,9 @@ and a Normalize. Both formats sentence-transformers has written are read:
     max sequence length  sentence_bert_config.json "max_seq_length" (before v6), else the tokenizer's
                          model_max_length (where v6 saves it), capped by the model's positions
 
-A folder without modules.json is a plain Hugging Face model: mean pooling (last-token for a *ForCausalLM), no
-normalisation, which is what SentenceTransformer(folder) builds. Anything this port does not implement (another
+A folder without modules.json is a plain Hugging Face encoder: mean pooling, no normalisation, which is what
+SentenceTransformer(folder) builds. Another kind of model (a causal LM or an encoder-decoder without modules.json,
+a checkpoint that ships its own code) is refused from its config.json, naming its architecture. Anything this port does not implement (another
 module type, a Dense activation outside torch.nn, chat-template or processing settings, another model type) is
 refused with one line, never skipped: a skipped module would give silently different vectors.
 """
@@ -41,6 +42,9 @@ DENSE_KEYS = {"in_features", "out_features", "bias", "activation_function", "use
 SENTENCE_EMBEDDING = "sentence_embedding"  # the feature Pooling writes and Dense/Normalize must read
 TEXT_MODALITY = {"text": {"method": "forward", "method_output_name": "last_hidden_state"}}
 DEFAULT_ACTIVATION = "torch.nn.modules.activation.Tanh"  # sentence-transformers' Dense default
+# config.json architectures that generate text: without modules.json naming a pooling, such a folder is a generator
+# given by mistake (its lm_head would also be refused as unexpected weights), not an embedding model
+GENERATOR_HEADS = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration", "ForSeq2SeqLM")
 
 
 @dataclass
@@ -95,6 +99,7 @@ def read_checkpoint(model_dir: Path) -> Checkpoint:
         raise UserError(f"modules.json runs {' -> '.join(kinds)}; this port needs Transformer -> Pooling, then "
                         "optional Dense and Normalize modules")
     folders = [model_dir / entry.get("path", "") for entry in entries]
+    check_architecture(folders[0], plain=False)
     checkpoint = Checkpoint(folders[0], read_transformer_settings(folders[0]), *read_pooling(folders[1]))
     for kind, folder in zip(kinds[2:], folders[2:]):
         checkpoint.head.append(read_dense(folder) if kind == "Dense" else read_normalize(folder))
@@ -104,14 +109,38 @@ def read_checkpoint(model_dir: Path) -> Checkpoint:
 
 
 def plain_checkpoint(model_dir: Path) -> Checkpoint:
-    """No modules.json: SentenceTransformer(folder) adds mean pooling (last-token pooling for a causal LM)."""
-    config = read_json(model_dir / "config.json", "config.json") if (model_dir / "config.json").exists() else {}
-    architectures = config.get("architectures") or [""]
-    causal = architectures[0].endswith("ForCausalLM") and config.get("is_causal", True)
-    mode = "lasttoken" if causal else "mean"
-    return Checkpoint(model_dir, {}, [mode], None, notes=[
-        f"no modules.json: a plain Hugging Face model, so {mode} pooling and no normalisation, as "
+    """No modules.json: SentenceTransformer(folder) adds mean pooling to a plain encoder. A text generator (causal
+    LM, encoder-decoder) is refused by check_architecture: its pooled states are no sentence embedding."""
+    check_architecture(model_dir, plain=True)
+    return Checkpoint(model_dir, {}, ["mean"], None, notes=[
+        "no modules.json: a plain Hugging Face model, so mean pooling and no normalisation, as "
         "sentence-transformers does"])
+
+
+def check_architecture(folder: Path, plain: bool) -> None:
+    """Refuse, from config.json alone (before any weight loads), a folder that holds another kind of model than an
+    encoder this port runs: code shipped with the checkpoint, an encoder-decoder, or (without modules.json to say
+    how to pool it) a text generator. The message names the architecture found."""
+    if not (folder / "config.json").is_file():
+        what = "neither modules.json nor config.json" if plain else "no config.json"
+        raise UserError(f"{str(folder)!r} has {what}: it is not a sentence-transformers or Hugging Face model "
+                        "folder; pass one to --model_path")
+    from transformers import CONFIG_MAPPING
+
+    config = read_json(folder / "config.json", "config.json")
+    model_type = config.get("model_type") or "no model_type"
+    arch = f"{(config.get('architectures') or ['an unnamed architecture'])[0]} ({model_type})"
+    if config.get("auto_map") or model_type not in CONFIG_MAPPING:
+        reason = "a model whose code ships with the checkpoint, which this port does not run"
+    elif config.get("is_encoder_decoder"):
+        reason = "an encoder-decoder text generator"
+    elif plain and arch.split(" ")[0].endswith(GENERATOR_HEADS):
+        reason = "a text generator whose pooled states are no sentence embedding"
+    else:
+        return
+    raise UserError(f"{str(folder)!r} is not a BERT-like sentence-transformers encoder checkpoint: it holds {arch}, "
+                    f"{reason}; pass a sentence-transformers folder (modules.json) or a plain encoder such as "
+                    "BertModel")
 
 
 def read_transformer_settings(folder: Path) -> dict:

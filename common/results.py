@@ -13,6 +13,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from importlib import metadata as _metadata
 from pathlib import Path
 
@@ -118,23 +119,32 @@ def check_outputs(outputs: dict[str, str | os.PathLike]) -> None:
         seen[resolved] = name
 
 
-def write_json(path: str | os.PathLike, obj) -> Path:
-    """Write JSON atomically: a temp file in the same folder, fsync, then rename over the target."""
+@contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "w"):
+    """`with atomic_file(path, "w" or "wb") as f:` a file object on a uniquely named temp file beside `path`,
+    fsynced and renamed over `path` when the block ends, deleted when it fails: a failed save leaves neither half a
+    file at `path` nor a temp file beside it, and an earlier result stays intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a result file should follow the umask like open()
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False, allow_nan=False)
-            f.write("\n")
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_json(path: str | os.PathLike, obj) -> Path:
+    """Write JSON atomically (atomic_file); NaN and inf are refused, as JSON has no such values."""
+    with atomic_file(path) as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False, allow_nan=False)
+        f.write("\n")
+    return Path(path)
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:

@@ -19,7 +19,9 @@ import re
 import sys
 
 from common.errors import ArgumentParser, UserError, run_main
-from inference import MODEL_NAME, T5Summarizer, add_generation_args, add_model_args
+from common.model_path import resolve_model_path
+from inference import (DEFAULT_MODEL, MODEL_NAME, T5Summarizer, add_generation_args, add_model_args,
+                       check_generation_args)
 
 CONTEXT = ("The following is a conversation with a friendly, helpful assistant. The assistant answers briefly "
            "and remembers what the user told it earlier.")  # default preamble (--context replaces it)
@@ -133,12 +135,37 @@ def _cue_only(line: str) -> bool:
     return bool(match) and not match["text"].strip()
 
 
+class NotUtf8(UserError):
+    """One input line that is not valid UTF-8: refused, and the chat goes on with the next line."""
+
+
+def read_line(stream, number: int) -> str:
+    """The next line as text. Read as bytes when the stream has them (stdin does), so a line in another encoding
+    is refused alone with a fix instead of a UnicodeDecodeError ending the chat."""
+    raw = getattr(stream, "buffer", None)
+    if raw is None:
+        return stream.readline()
+    data = raw.readline()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise NotUtf8(f"input line {number} is not valid UTF-8 (bad byte at offset {exc.start}); it was skipped. "
+                      "Type UTF-8, or convert piped text first, e.g. `iconv -f latin1 -t utf-8 file | python "
+                      "chat.py`") from None
+
+
 def read_turns(stream, interactive: bool, speaker: str = DEFAULT_SPEAKERS[0]):
-    """User lines until an empty line or end of input."""
+    """User lines until an empty line or end of input; a line that is not UTF-8 is yielded as its NotUtf8 error."""
+    number = 0
     while True:
         if interactive:
             print(f"{speaker}: ", end="", flush=True)
-        line = stream.readline()
+        number += 1
+        try:
+            line = read_line(stream, number)
+        except NotUtf8 as error:
+            yield error
+            continue
         if not line or not line.strip():
             return
         yield line.strip()
@@ -157,7 +184,9 @@ def main(args) -> int:
     context_given = args.context is not None
     if context_given:
         parse_speakers(args.context)  # bad speaker names fail before the model loads
-    model = T5Summarizer(args.model_path, args.device, args.dtype, args.max_input_length)
+    model_dir = resolve_model_path(args.model_path, default=DEFAULT_MODEL)
+    check_generation_args(args, model_dir)  # and so do sizes past their limits
+    model = T5Summarizer(str(model_dir), args.device, args.dtype, args.max_input_length)
     chat = Chat(model, args.context if context_given else CONTEXT, args.max_new_tokens, args.num_beams)
     interactive = sys.stdin.isatty()
     print(f"model {model.model_dir} on {model.device} ({model.dtype_name}); "
@@ -167,8 +196,12 @@ def main(args) -> int:
     if context_tokens > model.max_input_length:
         print(f"note: --context is {context_tokens} tokens, over --max_input_length {model.max_input_length}; "
               "its oldest lines are dropped to fit")
-    replies = refused = 0
+    replies = refused = not_utf8 = 0
     for text in read_turns(sys.stdin, interactive, chat.user_name):
+        if isinstance(text, NotUtf8):  # the chat goes on; the exit status says a line was refused
+            print(f"error: {text}", file=sys.stderr)
+            not_utf8 += 1
+            continue
         if not interactive:
             print(f"{chat.user_name}: {text}")
         if text.lower() == RESET_WORD:
@@ -183,8 +216,9 @@ def main(args) -> int:
             refused += 1
     print(f"bye: {replies} repl{'y' if replies == 1 else 'ies'}, {chat.dropped_turns} old turn(s) and "
           f"{chat.dropped_context_lines} context line(s) dropped to fit"
-          + (f", {refused} message(s) refused as too long" if refused else ""))
-    return 2 if refused else 0
+          + (f", {refused} message(s) refused as too long" if refused else "")
+          + (f", {not_utf8} line(s) refused as not UTF-8" if not_utf8 else ""))
+    return 2 if refused or not_utf8 else 0
 
 
 def build_parser() -> ArgumentParser:

@@ -26,9 +26,11 @@ import torch
 from common.diagnose import Probe, add_diagnosis_args, locate_if_needed, trace_if_asked
 from common.errors import ArgumentParser, positive_int, run_main
 from common.metrics import format_greedy, format_parity, greedy_parity, parity, verdict
-from common.results import default_result_path, result_record, write_json
+from common.device import dtype_name, resolve_device, resolve_dtype
+from common.model_path import resolve_model_path
+from common.results import check_outputs, default_result_path, result_record, write_json
 from common.textio import read_lines
-from inference import T5Summarizer, add_model_args, read_examples
+from inference import DEFAULT_MODEL, T5Summarizer, add_model_args, check_generation_args, read_examples
 from overflow import OverflowWatch, stack_of
 
 HERE = Path(__file__).resolve().parent
@@ -150,10 +152,22 @@ def print_parts(parts: dict, max_new_tokens: int) -> None:
           + (f"FAIL: {overflow['failures'][0]}" if overflow["detected"] else "none non-finite"))
 
 
+def planned_output(args, model_dir: Path) -> Path:
+    """--output, or the default result path, worked out before the models load so that it is checked first."""
+    if args.output:
+        return Path(args.output)
+    device = resolve_device(args.device)
+    return default_result_path(HERE, "parity", model_dir, device, dtype_name(resolve_dtype(args.dtype, device)))
+
+
 def main(args) -> int:
     prompts = all_prompts(args.file)
-    test = T5Summarizer(args.model_path, args.device, args.dtype, args.max_input_length)
-    reference = T5Summarizer(args.model_path, "cpu", "fp32", args.max_input_length, watch_overflow=False)
+    model_dir = resolve_model_path(args.model_path, default=DEFAULT_MODEL)
+    check_generation_args(args, model_dir)
+    output = planned_output(args, model_dir)
+    check_outputs({"--output": output})  # every check before the two models load
+    test = T5Summarizer(str(model_dir), args.device, args.dtype, args.max_input_length)
+    reference = T5Summarizer(str(model_dir), "cpu", "fp32", args.max_input_length, watch_overflow=False)
     print(f"{len(prompts)} prompts: {test.device} {test.dtype_name} vs cpu fp32 reference ({test.model_dir})")
     # first: torch_npu reports each CPU fallback once per process
     traced = trace_if_asked(args, lambda: diagnosis_probe(test, reference, prompts, None))
@@ -165,7 +179,6 @@ def main(args) -> int:
         print(f"  {failure}")
     diagnosis = {**traced, **locate_if_needed(args, result["passed"],
                                               lambda: diagnosis_probe(test, reference, prompts, want_gen))}
-    output = Path(args.output or default_result_path(HERE, "parity", test.model_dir, test.device, test.dtype_name))
     write_json(output, result_record("parity", device=test.device, dtype=test.dtype_name, model=test.model_dir,
                                      headline={"passed": result["passed"]}, **result, prompts=len(prompts),
                                      max_new_tokens=args.max_new_tokens,

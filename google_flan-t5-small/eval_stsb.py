@@ -25,11 +25,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from common.device import dtype_name, resolve_device, resolve_dtype
-from common.errors import ArgumentParser, positive_int, run_main
+from common.errors import ArgumentParser, UserError, positive_int, run_main
 from common.model_path import resolve_model_path
-from common.results import append_run_record, default_result_path, open_run_log, result_record, write_json
-from common.stsb import correlations, load_pairs
-from inference import DEFAULT_MODEL, T5Summarizer, add_model_args
+from common.results import (append_run_record, check_outputs, default_result_path, open_run_log, result_record,
+                            write_json)
+from common.stsb import correlations, load_pairs, select_pairs
+from inference import DEFAULT_MODEL, T5Summarizer, add_model_args, check_generation_args
 
 HERE = Path(__file__).resolve().parent
 
@@ -80,6 +81,17 @@ def summarize(records: list[dict], ids: list[int]) -> dict:
             "answers": dict(answers.most_common(10))}
 
 
+def check_prompt_lengths(model: T5Summarizer, todo) -> None:
+    """Refuse a pair whose prompt is over --max_input_length, before any generation: truncation would cut off the
+    instruction and the options at the prompt's end, and the answer would be scored as if the model had seen them."""
+    for pair_id, (_, sentence1, sentence2) in todo:
+        tokens = model.token_count(build_prompt(sentence1, sentence2))
+        if tokens > model.max_input_length:
+            raise UserError(f"pair {pair_id + 1} needs {tokens} tokens with the instruction, over --max_input_length "
+                            f"{model.max_input_length}; its end (the instruction) would be cut off, so raise "
+                            "--max_input_length or remove that pair")
+
+
 def run_pairs(model: T5Summarizer, todo, log: Path, config: dict, records: list[dict], batch_size: int,
               total: int) -> None:
     bar = tqdm(total=total, initial=total - len(todo), desc="stsb", unit="pair", file=sys.stderr)
@@ -94,12 +106,14 @@ def run_pairs(model: T5Summarizer, todo, log: Path, config: dict, records: list[
 
 def main(args) -> int:
     pairs, source, digest = load_pairs(args.data)  # before anything else: no data, one line naming --data
-    pairs = pairs[: args.limit] if args.limit else pairs
+    pairs = select_pairs(pairs, args.limit)
     device = resolve_device(args.device)
     dtype = dtype_name(resolve_dtype(args.dtype, device))
     model_dir = resolve_model_path(args.model_path, default=DEFAULT_MODEL)
+    check_generation_args(args, model_dir)
     output = Path(args.output or default_result_path(HERE, "task", model_dir, device, dtype, "_stsb"))
     log = output.with_suffix(".jsonl")
+    check_outputs({"--output": output, "the per-pair log beside --output": log})
     config = {"task": "stsb", "prompt_version": PROMPT_VERSION, "model": str(model_dir), "data_sha256": digest,
               "data": source, "limit": args.limit, "max_new_tokens": MAX_NEW_TOKENS, "device": str(device),
               "dtype": dtype, "max_input_length": args.max_input_length}
@@ -109,6 +123,7 @@ def main(args) -> int:
           f"prompt {PROMPT_VERSION}")
     done = {r["id"] for r in records}
     todo = [(i, pair) for i, pair in enumerate(pairs) if i not in done]
+    check_prompt_lengths(model, todo)
     run_pairs(model, todo, log, config, records, args.batch_size, len(pairs))
     result = summarize(records, list(range(len(pairs))))
     write_json(output, result_record("task", device=model.device, dtype=model.dtype_name, model=model_dir,

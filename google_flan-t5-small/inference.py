@@ -16,6 +16,8 @@ Any T5-family checkpoint loads through --model_path with no code change: Flan-T5
 ..., ReLU feed-forward, tied embeddings), T5 v1.1, mT5 and ByT5. Nothing here assumes a width, depth, vocabulary or
 special-token id: they come from the checkpoint's config and tokenizer. In fp16, T5 activations can overflow; this
 port watches every encoder/decoder module in fp16 and says where (use bf16 or fp32 then).
+Sizes are refused above a limit, before the model loads: --max_new_tokens above the tokenizer's model_max_length
+(MAX_NEW_TOKENS when the tokenizer sets none), --num_beams above MAX_NUM_BEAMS, --batch_size above MAX_BATCH_SIZE.
 """
 from __future__ import annotations
 
@@ -31,8 +33,9 @@ import numpy as np
 import torch
 
 from common.device import dtype_name, resolve_device, resolve_dtype
-from common.errors import ArgumentParser, UserError, first_line, positive_int, run_main
+from common.errors import ArgumentParser, UserError, check_at_most, first_line, positive_int, run_main
 from common.model_path import resolve_model_path
+from common.results import atomic_file, check_outputs
 from common.strict_load import load_strictly
 from common.textio import read_lines, read_text_file
 from overflow import OverflowWatch
@@ -48,6 +51,11 @@ MAX_INPUT_LENGTH = 512  # T5 and Flan-T5 were trained on 512-token inputs; longe
 DEFAULT_MAX_NEW_TOKENS = 64  # enough for a one-sentence summary, a short translation or an answer
 DEFAULT_NUM_BEAMS = 1  # greedy; 4 is the usual beam width for summaries
 DEFAULT_BATCH_SIZE = 16  # prompts per generate() call, grouped by token length so batches pad little
+# Limits where the model sets none (T5's relative positions have no table to run past). Each is refused above it:
+MAX_NEW_TOKENS = 512  # when the tokenizer's model_max_length is unset: Flan-T5's own value; a longer answer than
+#                       the 512-token sequences T5 was trained on mostly repeats itself, and 1e9 would never end
+MAX_NUM_BEAMS = 64  # beam search gains nothing past ~8 (T5's papers use 4) while each beam is another sequence
+MAX_BATCH_SIZE = 1024  # prompts per generate() call: the speed-up is flat long before, the memory is not
 EXAMPLES_FILE = HERE / "examples.jsonl"  # the multi-task prompt set behind --examples
 QA_SEPARATOR = "||"  # --task qa input: "QUESTION || CONTEXT"
 TASKS = {  # --task: how a plain input is wrapped into the Flan prompt
@@ -309,12 +317,33 @@ def results_table(labels: list[str], prompts: list[str], outputs: list[str]) -> 
 
 def save_outputs(path: Path, labels, prompts, outputs) -> None:
     """One {"task", "prompt", "generated_text"} per line, written via a temp file then renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_file(path) as f:
         for label, prompt, output in zip(labels, prompts, outputs):
             f.write(json.dumps({"task": label, "prompt": prompt, "generated_text": output}, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+
+
+def new_token_limit(model_dir: Path) -> tuple[int, str]:
+    """(the most new tokens a run may ask for, where it comes from): the tokenizer's model_max_length when
+    tokenizer_config.json sets a real one, else MAX_NEW_TOKENS. Read from the file, before the model loads."""
+    file = model_dir / "tokenizer_config.json"
+    try:
+        length = json.loads(file.read_text(encoding="utf-8")).get("model_max_length") if file.is_file() else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        length = None
+    if isinstance(length, int) and 0 < length < 10 ** 9:  # transformers writes ~1e30 for "no limit"
+        return length, "the tokenizer's model_max_length"
+    return MAX_NEW_TOKENS, "this port's MAX_NEW_TOKENS"
+
+
+def check_generation_args(args, model_dir: Path) -> None:
+    """--max_new_tokens, --num_beams and --batch_size against their limits, before the model loads."""
+    if getattr(args, "max_new_tokens", None) is not None:
+        limit, source = new_token_limit(model_dir)
+        check_at_most(args.max_new_tokens, limit, "--max_new_tokens", source)
+    if getattr(args, "num_beams", None) is not None:
+        check_at_most(args.num_beams, MAX_NUM_BEAMS, "--num_beams", "this port's MAX_NUM_BEAMS")
+    if getattr(args, "batch_size", None) is not None:
+        check_at_most(args.batch_size, MAX_BATCH_SIZE, "--batch_size", "this port's MAX_BATCH_SIZE")
 
 
 def overflow_message(report: dict, model: T5Summarizer) -> str:
@@ -323,10 +352,14 @@ def overflow_message(report: dict, model: T5Summarizer) -> str:
 
 
 def main(args) -> int:
-    if args.output and Path(args.output).suffix != ".jsonl":
-        raise UserError(f"--output {args.output!r} must end in .jsonl")
+    if args.output:  # every check happens before the model loads, so a bad input costs nothing
+        if Path(args.output).suffix != ".jsonl":
+            raise UserError(f"--output {args.output!r} must end in .jsonl")
+        check_outputs({"--output": args.output})
     prompts, labels = gather_prompts(args)
-    model = T5Summarizer(args.model_path, args.device, args.dtype, args.max_input_length)
+    model_dir = resolve_model_path(args.model_path, default=DEFAULT_MODEL)
+    check_generation_args(args, model_dir)
+    model = T5Summarizer(str(model_dir), args.device, args.dtype, args.max_input_length)
     print(f"model {model.model_dir} ({describe(model.model)}) on {model.device} ({model.dtype_name}), "
           f"max_input_length {model.max_input_length}")
     outputs = model.summarize(prompts, args.max_new_tokens, args.num_beams, args.batch_size)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from common.errors import ArgumentParser, UserError, first_line, run_main
 from common.model_path import download_command, hub_reachable
-from common.results import model_tag, run_metadata, write_json
+from common.results import check_writable, model_tag, run_metadata, write_json
 
 HERE = Path(__file__).resolve().parent
 
@@ -139,14 +139,15 @@ def model_rows(spec: str) -> list[dict]:
 
 
 def main(args) -> int:
+    default = "memory_estimate.json" if not args.model_path else f"memory_estimate_{model_tag(args.model_path)}.json"
+    output = Path(args.output or HERE / "results" / default)
+    check_writable(output, "--output")  # before any config is read or downloaded
     table = model_rows(args.model_path) if args.model_path else known_rows()
     print(f"{'model':<28} {'params':>14} {'fp32 GiB':>9} {'bf16 GiB':>9} {'fp16 GiB':>9} {'KV MiB':>7}  layout")
     for r in table:
         print(f"{r['model']:<28} {r['parameters']:>14,} {r['fp32_gib']:>9.2f} {r['bf16_gib']:>9.2f} "
               f"{r['fp16_gib']:>9.2f} {r['kv_cache_bf16_mib']:>7.1f}  {r['model_type']}, {r['feed_forward']}, "
               f"{r['lm_head']} lm_head")
-    default = "memory_estimate.json" if not args.model_path else f"memory_estimate_{model_tag(args.model_path)}.json"
-    output = Path(args.output or HERE / "results" / default)
     write_json(output, {"kind": "estimate", "meta": run_metadata(None, None),
                         "kv_tokens": [KV_INPUT_TOKENS, KV_NEW_TOKENS], "rows": table})
     print(f"wrote {output}")

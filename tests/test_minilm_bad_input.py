@@ -1,10 +1,12 @@
 """Every bad input gets exit code 2 and one line on stderr that says what is wrong; never a traceback."""
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, load_script
@@ -106,3 +108,116 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
                            str(tmp_path / "missing.txt")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
+
+
+# --- issue 12: outputs checked before the model loads, foreign checkpoints, limits, STS-B data -----------------------
+
+def never_load(*args, **kwargs):
+    raise AssertionError("the model was loaded before the bad input was refused")
+
+
+def unwritable_outputs(d):
+    """(script, argv, words) for each output of each script: /proc (where root cannot create files either) or an
+    existing folder."""
+    (d / "folder.npy").mkdir()
+    (d / "folder.json").mkdir()
+    return [("inference", ["--text", "hi", "--output", "/proc/emb.npy"], "not a writable folder"),
+            ("inference", ["--text", "hi", "--output", d / "folder.npy"], "is a folder"),
+            ("eval_stsb", ["--output", "/proc/stsb.json"], "not a writable folder"),
+            ("eval_stsb", ["--output", d / "folder.json"], "is a folder"),
+            ("eval_accuracy", ["--output", "/proc/parity.json"], "not a writable folder"),
+            ("eval_accuracy", ["--output", d / "folder.json"], "is a folder")]
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_unwritable_output_is_refused_before_the_model_loads(cli, tmp_path, shared_data, monkeypatch, capsys, case):
+    script, argv, words = unwritable_outputs(tmp_path)[case]
+    module = load_script(FOLDER, script)
+    monkeypatch.setattr(module, "MiniLMEncoder", never_load)
+    data = ["--data", shared_data / "stsb" / "test.tsv"] if script == "eval_stsb" else []
+    assert cli(module, *argv, *data) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --output") and words in err and len(err.splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.json", "folder.npy"]  # nothing left behind
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".jsonl"])
+def test_a_failed_save_leaves_no_temp_file(inference, tmp_path, suffix):
+    """The save itself failing (here: the target became a folder after the checks) leaves no .tmp behind."""
+    target = tmp_path / f"emb{suffix}"
+    target.mkdir()
+    with pytest.raises(OSError):
+        inference.save_embeddings(target, ["a"], np.zeros((1, 4), dtype=np.float32))
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_saved_embeddings_follow_the_umask(inference, tmp_path):
+    out = tmp_path / "emb.npy"
+    inference.save_embeddings(out, ["a"], np.ones((1, 4), dtype=np.float32))
+    assert np.load(out).shape == (1, 4) and out.stat().st_mode & 0o777 == 0o666 & ~current_umask()
+
+
+def current_umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@pytest.fixture(scope="module")
+def foreign_checkpoints(tmp_path_factory):
+    from conftest import ANANDASKY_FOLDER, MINITRON_FOLDER, T5_FOLDER
+
+    root = tmp_path_factory.mktemp("foreign")
+    return {"T5ForConditionalGeneration (t5), an encoder-decoder":
+                load_script(T5_FOLDER, "make_tiny_checkpoint").build(root / "t5"),
+            "NemotronForCausalLM (nemotron), a text generator":
+                load_script(MINITRON_FOLDER, "make_tiny_checkpoint").build(root / "minitron"),
+            "AnandaSkyForConditionalGeneration (anandasky), a model whose code ships with the checkpoint":
+                REPO_ROOT / ANANDASKY_FOLDER / "test_checkpoint"}
+
+
+@pytest.mark.parametrize("architecture", ["T5For", "NemotronFor", "AnandaSkyFor"])
+def test_another_architecture_is_refused_naming_it_before_weights_load(foreign_checkpoints, cli, monkeypatch,
+                                                                      capsys, architecture):
+    words, folder = next((w, f) for w, f in foreign_checkpoints.items() if w.startswith(architecture))
+    module = load_script(FOLDER, "inference")
+    monkeypatch.setattr(module, "load_transformer", never_load)
+    assert cli(module, "--text", "hi", "--model_path", folder, "--device", "cpu") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and len(err.splitlines()) == 1, err
+    assert "is not a BERT-like sentence-transformers encoder checkpoint" in err and words in err, err
+
+
+def test_batch_size_past_the_limit_is_refused(cli, capsys):
+    module = load_script(FOLDER, "inference")
+    assert cli(module, "--text", "hi", "--batch_size", 10 ** 9) == 2
+    assert capsys.readouterr().err.strip() == (f"error: --batch_size 1000000000 is past this port's MAX_BATCH_SIZE "
+                                               f"({module.MAX_BATCH_SIZE}); use at most {module.MAX_BATCH_SIZE}")
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--limit", "1"], "--limit 1 leaves 1 pair(s); a correlation needs at least 3 pairs"),
+    (["--limit", "2"], "--limit 2 leaves 2 pair(s)"),
+    (["--batch_size", "100000"], "MAX_BATCH_SIZE"),
+])
+def test_stsb_refusals_come_before_the_model(cli, shared_data, monkeypatch, capsys, argv, words):
+    module = load_script(FOLDER, "eval_stsb")
+    monkeypatch.setattr(module, "MiniLMEncoder", never_load)
+    assert cli(module, "--data", shared_data / "stsb" / "test.tsv", *argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and words in err and len(err.splitlines()) == 1, err
+
+
+def test_stsb_field_past_csvs_limit_is_read_and_its_truncation_announced(cli, tmp_path, capsys):
+    """A 200 KB sentence (csv's default field limit is 128 KB) is read; the encoder truncates it, and says so."""
+    data = tmp_path / "long.tsv"
+    long_sentence = "word " * 40_000
+    data.write_text("score\tsentence1\tsentence2\n1.0\ta cat\ta dog\n4.5\ta man runs\ta man is running\n"
+                    f"2.0\t{long_sentence}\tshort\n", encoding="utf-8")
+    out = tmp_path / "stsb.json"
+    assert cli(load_script(FOLDER, "eval_stsb"), "--data", data, "--device", "cpu", "--output", out) == 0
+    assert "1 sentence(s) longer than 256 tokens were truncated" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["pairs"] == 3 and result["truncated"] == 1

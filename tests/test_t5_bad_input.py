@@ -72,3 +72,83 @@ def test_missing_model_in_a_real_process(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
     assert "hf download google/flan-t5-small" in proc.stderr
+
+
+# --- issue 12: limits and outputs checked before the model loads, atomic saves, non-UTF-8 chat input ------------------
+
+def never_load(*args, **kwargs):
+    raise AssertionError("the model was loaded before the bad input was refused")
+
+
+def with_tokenizer_limit(tiny_t5, folder, length: int):
+    """A copy of the tiny checkpoint whose tokenizer_config.json sets model_max_length (Flan-T5's is 512)."""
+    import json
+    import shutil
+
+    shutil.copytree(tiny_t5, folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": length}))
+    return folder
+
+
+LIMIT_CASES = [  # (script, argv, the exact error line); {limit} is MAX_NEW_TOKENS, {beams} MAX_NUM_BEAMS
+    ("inference", ["--text", "hi", "--max_new_tokens", "1000000000"],
+     "--max_new_tokens 1000000000 is past this port's MAX_NEW_TOKENS ({limit}); use at most {limit}"),
+    ("inference", ["--text", "hi", "--num_beams", "1000000000"],
+     "--num_beams 1000000000 is past this port's MAX_NUM_BEAMS ({beams}); use at most {beams}"),
+    ("inference", ["--text", "hi", "--batch_size", "1000000000"], "--batch_size 1000000000 is past this port's "
+     "MAX_BATCH_SIZE"),
+    ("inference", ["--text", "hi", "--output", "/proc/out.jsonl"], "--output /proc/out.jsonl: /proc is not a "
+     "writable folder; choose another path"),
+    ("chat", ["--max_new_tokens", "1000000000"], "--max_new_tokens 1000000000 is past this port's MAX_NEW_TOKENS"),
+    ("chat", ["--num_beams", "1000000000"], "--num_beams 1000000000 is past this port's MAX_NUM_BEAMS"),
+    ("eval_accuracy", ["--max_new_tokens", "1000000000"], "--max_new_tokens 1000000000 is past"),
+    ("eval_accuracy", ["--output", "/proc/parity.json"], "--output /proc/parity.json: /proc is not a writable"),
+    ("memory_estimate", ["--output", "/proc/memory.json"], "--output /proc/memory.json: /proc is not a writable"),
+]
+
+
+@pytest.mark.parametrize("script, argv, line", LIMIT_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(LIMIT_CASES)])
+def test_limits_and_outputs_are_refused_before_the_model_loads(cli, tmp_path, tiny_t5, monkeypatch, capsys, script,
+                                                               argv, line):
+    module = load_script(T5_FOLDER, script)
+    for name in ("T5Summarizer", "model_rows", "known_rows"):  # memory_estimate reads configs, not weights
+        if hasattr(module, name):
+            monkeypatch.setattr(module, name, never_load)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert cli(module, *argv, *([] if script == "memory_estimate" else ["--model_path", tiny_t5])) == 2
+    inference = load_script(T5_FOLDER, "inference")
+    expected = "error: " + line.format(limit=inference.MAX_NEW_TOKENS, beams=inference.MAX_NUM_BEAMS)
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(expected) and len(err.splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_new_token_limit_is_the_tokenizers_model_max_length_when_set(cli, tmp_path, tiny_t5, monkeypatch, capsys):
+    folder = with_tokenizer_limit(tiny_t5, tmp_path / "t5-512", 512)
+    module = load_script(T5_FOLDER, "inference")
+    monkeypatch.setattr(module, "T5Summarizer", never_load)
+    assert cli(module, "--text", "hi", "--max_new_tokens", 513, "--model_path", folder) == 2
+    assert capsys.readouterr().err.strip() == ("error: --max_new_tokens 513 is past the tokenizer's model_max_length "
+                                               "(512); use at most 512")
+
+
+def test_a_failed_save_leaves_no_temp_file(tmp_path):
+    module = load_script(T5_FOLDER, "inference")
+    target = tmp_path / "out.jsonl"
+    target.mkdir()  # the save fails at the rename, after the temp file was written
+    with pytest.raises(OSError):
+        module.save_outputs(target, ["raw"], ["hi"], ["hello"])
+    assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]
+
+
+def test_chat_skips_a_line_that_is_not_utf8_and_goes_on(cli, tiny_t5, monkeypatch, capsys):
+    stdin = io.TextIOWrapper(io.BytesIO("Hi\ncaf\xe9 au lait\nWhat now?\n\n".encode("latin-1")), encoding="utf-8")
+    monkeypatch.setattr(sys, "stdin", stdin)
+    chat = load_script(T5_FOLDER, "chat")
+    assert cli(chat, "--model_path", tiny_t5, "--device", "cpu", "--max_new_tokens", 2) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith("error: input line 2 is not valid UTF-8") and "iconv" in err and len(err.splitlines()) == 1
+    assert "bye: 2 replies" in captured.out and "1 line(s) refused as not UTF-8" in captured.out

@@ -102,3 +102,74 @@ def test_bad_input(stsb, cli, tiny_t5, tmp_path, monkeypatch, capsys, argv, mess
     assert cli(stsb, "--model_path", tiny_t5, *argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and message in err and len(err.splitlines()) == 1, err
+
+
+# --- issue 12: data checks (common.stsb), outputs and limits before the model loads ---------------------------------
+
+def never_load(*args, **kwargs):
+    raise AssertionError("the model was loaded before the bad input was refused")
+
+
+HEADER = "score\tsentence1\tsentence2\n"
+GOOD_ROWS = "1.0\ta cat\ta dog\n4.5\ta man runs\ta man is running\n"
+
+
+@pytest.mark.parametrize("name, text, words", [
+    ("nan.tsv", HEADER + GOOD_ROWS + "nan\ta\tb\n", "line 4 has gold score 'nan'; STS-B gold scores are 0 to 5"),
+    ("high.tsv", HEADER + "5.5\ta\tb\n" + GOOD_ROWS, "line 2 has gold score '5.5'"),
+    ("negative.jsonl", '{"score": 1, "sentence1": "a", "sentence2": "b"}\n\n'
+                       '{"score": -1, "sentence1": "a", "sentence2": "b"}\n', "line 3 has gold score -1"),
+    ("null.jsonl", '{"score": 1, "sentence1": null, "sentence2": "b"}\n', "line 1: sentence1 and sentence2 must be"),
+    ("fields.tsv", HEADER + "1.0\ta\tb\textra\n", "line 2 has 4 tab-separated fields, the header 3"),
+])
+def test_bad_gold_scores_and_rows_are_refused_naming_the_line(tmp_path, name, text, words):
+    from common.errors import UserError
+    from common.stsb import load_local
+
+    (tmp_path / name).write_text(text, encoding="utf-8")
+    with pytest.raises(UserError) as error:
+        load_local(tmp_path / name)
+    assert words in str(error.value) and len(str(error.value).splitlines()) == 1, error.value
+
+
+def test_a_field_past_csvs_128kb_limit_is_read(tmp_path):
+    from common.stsb import load_local
+
+    long_sentence = "x" * 200_000  # csv.field_size_limit() is 131072 by default
+    (tmp_path / "long.tsv").write_text(HEADER + f"3.0\t{long_sentence}\tshort\n" + GOOD_ROWS, encoding="utf-8")
+    assert load_local(tmp_path / "long.tsv")[0] == (3.0, long_sentence, "short")
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--limit", "1"], "--limit 1 leaves 1 pair(s); a correlation needs at least 3 pairs, so use --limit 3 or more"),
+    (["--limit", "2"], "--limit 2 leaves 2 pair(s)"),
+    (["--output", "/proc/stsb.json"], "--output /proc/stsb.json: /proc is not a writable folder"),
+    (["--output", "stsb.jsonl"], "the per-pair log beside --output stsb.jsonl is the same file as --output"),
+    (["--batch_size", "1000000000"], "--batch_size 1000000000 is past this port's MAX_BATCH_SIZE"),
+])
+def test_refused_before_the_model_loads(stsb, cli, tiny_t5, data, tmp_path, monkeypatch, capsys, argv, words):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(stsb, "T5Summarizer", never_load)
+    assert cli(stsb, "--model_path", tiny_t5, "--data", data, *argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {words}") and len(err.splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_data_with_fewer_than_three_pairs_is_refused(stsb, cli, tiny_t5, tmp_path, monkeypatch, capsys):
+    (tmp_path / "two.tsv").write_text(HEADER + GOOD_ROWS, encoding="utf-8")
+    monkeypatch.setattr(stsb, "T5Summarizer", never_load)
+    assert cli(stsb, "--model_path", tiny_t5, "--data", tmp_path / "two.tsv") == 2
+    assert "the data (2 pair(s)) leaves 2 pair(s)" in capsys.readouterr().err
+
+
+def test_a_pair_past_the_input_limit_is_refused_before_generating(stsb, cli, tiny_t5, tmp_path, monkeypatch, capsys):
+    """Truncating the prompt would cut off the instruction at its end: the pair is refused, naming the limit."""
+    (tmp_path / "long.tsv").write_text(HEADER + GOOD_ROWS + f"2.0\t{'word ' * 40_000}\tshort\n", encoding="utf-8")
+    monkeypatch.setattr(stsb.T5Summarizer, "summarize", never_load)
+    out = tmp_path / "stsb.json"
+    assert cli(stsb, "--model_path", tiny_t5, "--device", "cpu", "--data", tmp_path / "long.tsv", "--output",
+               out) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: pair 3 needs") and "over --max_input_length 512" in err, err
+    assert len(err.splitlines()) == 1 and not out.exists() and not out.with_suffix(".jsonl").exists()
