@@ -13,7 +13,7 @@ def read_text_file(path: str | os.PathLike, what: str = "input file") -> str:
     if not p.exists():
         raise UserError(f"{what} {str(p)!r} does not exist; check the path")
     if p.is_dir():
-        raise UserError(f"{what} {str(p)!r} is a folder, not a file; pass a text file with one text per line")
+        raise UserError(f"{what} {str(p)!r} is a folder, not a file; pass the file itself")
     try:
         raw = p.read_bytes()
     except OSError as exc:
