@@ -26,11 +26,12 @@ import numpy as np
 import torch
 
 from common.diagnose import Probe, add_diagnosis_args, locate_if_needed, trace_if_asked
+from common.device import dtype_name, resolve_device, resolve_dtype
 from common.errors import ArgumentParser, positive_int, run_main
 from common.metrics import format_greedy, format_parity, greedy_parity, parity, verdict
-from common.results import default_result_path, result_record, write_json
+from common.results import check_outputs, default_result_path, result_record, write_json
 from common.textio import read_lines
-from inference import MODEL_NAME, CausalLM, add_model_args, check_context, plain_greedy
+from inference import MODEL_NAME, CausalLM, add_model_args, check_fits, model_spec, plain_greedy
 
 HERE = Path(__file__).resolve().parent
 PARITY_BATCH_SIZE = 4  # several batches of mixed lengths, so left padding is exercised on both sides
@@ -149,12 +150,29 @@ def diagnosis_probe(test: CausalLM, reference: CausalLM, seqs: list[list[int]]) 
                  f"{len(batch)} sequences, {sum(map(len, batch))} tokens, left-padded")
 
 
+def output_path(args) -> Path:
+    """--output (or the default result path), checked writable before the two models load."""
+    device = resolve_device(args.device)
+    output = Path(args.output or default_result_path(HERE, "parity", model_spec(args.model_path), device,
+                                                     dtype_name(resolve_dtype(args.dtype, device))))
+    check_outputs({"--output": output})
+    return output
+
+
+def check_prompts_fit(tokenizer, config, prompts: list[str], max_new_tokens: int) -> None:
+    """The longest probe prompt + --max_new_tokens must fit in the model's context: checked before any weights."""
+    longest = max(len(ids) for ids in tokenizer(prompts)["input_ids"])
+    check_fits(longest, max_new_tokens, config, tokenizer, prompt="the longest probe prompt",
+               fix="drop it from --file")
+
+
 def main(args) -> int:
     prompts = all_prompts(args.file)
-    test = CausalLM(args.model_path, args.device, args.dtype)
+    output = output_path(args)
+    test = CausalLM(args.model_path, args.device, args.dtype, before_weights=lambda tokenizer, config:
+                    check_prompts_fit(tokenizer, config, prompts, args.max_new_tokens))
     reference = CausalLM(args.model_path, "cpu", "fp32")
     seqs = [reference.tokenizer(p)["input_ids"] for p in prompts]  # one tokenization: both sides see the same ids
-    check_context(reference.model.config, max(map(len, seqs)) + args.max_new_tokens, "the probe prompts")
     print(f"{MODEL_NAME} parity, {len(prompts)} prompts ({sum(map(len, seqs))} tokens): {test.device} "
           f"{test.dtype_name} vs cpu fp32 reference ({test.source})")
     # first: torch_npu reports each CPU fallback once per process
@@ -167,7 +185,6 @@ def main(args) -> int:
     print(f"OVERALL: {'PASS' if result['passed'] else 'FAIL'}")
     full = [s + w for s, w in zip(seqs, want)]  # prompts + the reference's continuations
     diagnosis = {**traced, **locate_if_needed(args, result["passed"], lambda: diagnosis_probe(test, reference, full))}
-    output = Path(args.output or default_result_path(HERE, "parity", test.spec, test.device, test.dtype_name))
     write_json(output, result_record(
         "parity", device=test.device, dtype=test.dtype_name, model=test.spec, headline={"passed": result["passed"]},
         **result, source=str(test.source), prompts=len(prompts), prompt_tokens=[len(s) for s in seqs],
@@ -180,7 +197,7 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__.split("\n")[0])
     add_model_args(parser)
     parser.add_argument("--max_new_tokens", type=positive_int, default=MAX_NEW_TOKENS,
-                        help="greedy tokens generated per prompt on both sides")
+                        help="greedy tokens generated per prompt on both sides (prompt + these fit the context)")
     parser.add_argument("--file", default=None, help="extra prompts, one per line, appended to the built-in ones")
     parser.add_argument("--output", default=None,
                         help="result JSON (default results/parity_<model>_<device>_<dtype>.json)")

@@ -24,196 +24,36 @@ pass@k = 1 - C(n-c,k)/C(n,k) for k = 1..N. The headline is run 1's strict-match 
 with the other run question by question (common/compare.py: paired bootstrap 95% CI, exact McNemar, flips each way)
 and says PASS / FAIL / INCONCLUSIVE against --tolerance points; --baseline 0.22 does the unpaired version.
 Every sample is appended to a JSONL log as it finishes; --resume continues that log (a torn last line from a
-crash is dropped), so nothing is lost or counted twice.
+crash is dropped), so nothing is lost or counted twice. The log's first line holds every setting and the data's
+content fingerprint: --resume refuses other settings or other data, and takes the same data from another folder.
+Checked before the model loads: both outputs (writable, never the same file), the data files, --num_fewshot against
+the train split, and every few-shot prompt + --max_new_tokens against the model's context length.
+Data and prompts: gsm8k_data.py; filters and metrics: gsm8k_scoring.py (both re-exported here).
 """
 from __future__ import annotations
 
-import importlib.util
 import json
-import math
-import random
-import re
 import sys
 from pathlib import Path
 
+from common.compare import DEFAULT_TOLERANCE_POINTS, baseline_comparison, format_comparison, paired_comparison
 from common.device import dtype_name, resolve_device, resolve_dtype
-from common.errors import ArgumentParser, UserError, positive_int, run_main
-from common.model_path import hub_reachable
-from common.compare import (DEFAULT_TOLERANCE_POINTS, baseline_comparison, format_comparison,
-                            paired_comparison)
-from common.results import (append_run_record, check_writable, default_result_path, open_run_log, read_jsonl,
-                            result_record, write_json)
-from inference import CausalLM, add_model_args, model_spec
+from common.errors import (ArgumentParser, UserError, finite_float, non_negative_float, non_negative_int,
+                           positive_int, probability, run_main)
+from common.results import (append_run_record, check_outputs, check_writable, default_result_path, open_run_log,
+                            read_jsonl, result_record, write_json)
+# the data and scoring live in sibling modules; re-exported here, where tests and users have always found them
+from gsm8k_data import (FEWSHOT_SEED, HUB_DATASET, MODELSCOPE_DATASET, build_prompt, doc_to_text,  # noqa: F401
+                        fewshot_ids, fingerprint, load_data, load_splits)
+from gsm8k_scoring import (FILTERS, INVALID, accuracy_uncertainty, extract_flexible, extract_strict,  # noqa: F401
+                           is_correct, normalize, pass_at_k, score, summarize)
+from inference import CausalLM, add_model_args, check_fits, model_spec
 
 HERE = Path(__file__).resolve().parent
 TASK_VERSION = 3
-FEWSHOT_SEED = 1234  # lm-eval's default --fewshot_random_seed
-NUM_FEWSHOT = 5
+NUM_FEWSHOT = 5  # lm-eval's gsm8k num_fewshot
 STOP = ["Question:", "</s>", "<|im_end|>"]
 MAX_NEW_TOKENS = 256  # lm-eval's default max_gen_toks
-STRICT_RE = re.compile(r"#### (\-?[0-9\.\,]+)")
-FLEXIBLE_RE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
-IGNORE_RES = [",", "\\$", "(?s).*#### ", "\\.$"]
-INVALID = "[invalid]"
-FILTERS = ("strict-match", "flexible-extract")
-HUB_DATASET = "openai/gsm8k"  # Hugging Face: main/{test,train}-00000-of-00001.parquet
-MODELSCOPE_DATASET = "modelscope/gsm8k"  # the ModelScope mirror, tried when HF fails and modelscope is installed
-
-
-# --- lm-eval's filters and metric ---------------------------------------------------------------------------------
-
-def _regex_filter(text: str, pattern: re.Pattern, group_select: int) -> str:
-    """lm-eval RegexFilter: findall, pick match `group_select`, from a group tuple the first non-empty group."""
-    matches = pattern.findall(text)
-    if not matches:
-        return INVALID
-    match = matches[group_select]
-    if isinstance(match, tuple):
-        match = next((m for m in match if m), "")
-    return match.strip()
-
-
-def extract_strict(text: str) -> str:
-    return _regex_filter(text, STRICT_RE, 0)
-
-
-def extract_flexible(text: str) -> str:
-    return _regex_filter(text, FLEXIBLE_RE, -1)
-
-
-def normalize(text: str) -> str:
-    """exact_match's preprocessing with gsm8k's options: regexes_to_ignore removed in order, then lower-cased."""
-    for pattern in IGNORE_RES:
-        text = re.sub(pattern, "", text)
-    return text.lower()
-
-
-def is_correct(extracted: str, gold_answer: str) -> bool:
-    return normalize(extracted) == normalize(gold_answer)
-
-
-def score(generation: str, gold_answer: str) -> dict:
-    strict, flexible = extract_strict(generation), extract_flexible(generation)
-    return {"extracted": {"strict-match": strict, "flexible-extract": flexible},
-            "correct": {"strict-match": is_correct(strict, gold_answer),
-                        "flexible-extract": is_correct(flexible, gold_answer)}}
-
-
-def accuracy_uncertainty(correct: int, n: int, z: float = 1.96) -> dict:
-    """Standard error of an accuracy over n questions (lm-eval's: the sample standard deviation / sqrt(n), i.e.
-    sqrt(p(1-p)/(n-1))) and the 95% Wilson score interval. Two accuracies whose intervals overlap widely are not
-    shown to differ by this sample."""
-    if n == 0:
-        return {"stderr": None, "ci95": None}
-    p = correct / n
-    stderr = math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else None
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return {"stderr": stderr, "ci95": {"low": max(0.0, centre - half), "high": min(1.0, centre + half)}}
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k (Chen et al. 2021): 1 - C(n-c, k) / C(n, k)."""
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
-
-
-# --- data and prompts ----------------------------------------------------------------------------------------------
-
-def _read_split(path: Path) -> list[dict]:
-    docs = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                doc = json.loads(line)
-                docs.append({"question": doc["question"], "answer": doc["answer"]})
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise UserError(f"{path} line {number} is not a GSM8K record (question, answer)") from None
-    return docs
-
-
-def _read_table(path: Path) -> list[dict]:
-    """One split from a .jsonl file (the original release) or a .parquet file (the hub mirrors)."""
-    if path.suffix == ".jsonl":
-        return _read_split(path)
-    import pandas as pd  # parquet needs pandas + pyarrow, both in requirements-base.txt
-    df = pd.read_parquet(path)
-    return [{"question": q, "answer": a} for q, a in zip(df["question"], df["answer"])]
-
-
-def _split_files(folder: Path) -> list[Path]:
-    """test and train files inside a downloaded dataset snapshot, whatever its layout: the `main` config's parquet
-    (HF openai/gsm8k) or jsonl/parquet files named after their split (ModelScope mirrors). The `socratic` config
-    has other answers and is skipped."""
-    files = [f for f in sorted(folder.rglob("*")) if f.suffix in (".jsonl", ".parquet") and "socratic" not in str(f)]
-    found = []
-    for split in ("test", "train"):
-        matches = [f for f in files if f.name.startswith(split)]
-        if not matches:
-            raise FileNotFoundError(f"no {split} split (.jsonl or .parquet) under {folder}")
-        found.append(matches[0])
-    return found
-
-
-def _from_huggingface() -> list[Path]:
-    from huggingface_hub import hf_hub_download
-
-    def fetch(split: str, cached_only: bool) -> Path:
-        return Path(hf_hub_download(HUB_DATASET, f"main/{split}-00000-of-00001.parquet", repo_type="dataset",
-                                    local_files_only=cached_only))
-    try:
-        return [fetch(s, cached_only=True) for s in ("test", "train")]
-    except Exception:
-        if not hub_reachable():  # offline: one quick connect instead of huggingface_hub's retry loop
-            raise ConnectionError("huggingface.co is not reachable") from None
-        return [fetch(s, cached_only=False) for s in ("test", "train")]
-
-
-def _from_modelscope() -> list[Path]:
-    from modelscope import dataset_snapshot_download  # optional, imported only when HF fails and it is installed
-    return _split_files(Path(dataset_snapshot_download(MODELSCOPE_DATASET)))
-
-
-def load_data(data: str | None) -> tuple[list[dict], list[dict]]:
-    """(test, train) docs from a local folder with test.jsonl and train.jsonl, or from the hub: Hugging Face
-    (openai/gsm8k, cached after the first run), then ModelScope (modelscope/gsm8k) when `modelscope` is installed."""
-    if data:
-        folder = Path(data).expanduser()
-        missing = [n for n in ("test.jsonl", "train.jsonl") if not (folder / n).is_file()]
-        if missing:
-            raise UserError(f"--data {data!r} lacks {', '.join(missing)}; pass the folder with GSM8K's test.jsonl "
-                            "and train.jsonl")
-        return _read_split(folder / "test.jsonl"), _read_split(folder / "train.jsonl")
-    sources = [("huggingface", _from_huggingface)]
-    if importlib.util.find_spec("modelscope") is not None:
-        sources.append(("modelscope", _from_modelscope))
-    reasons = []
-    for name, fetch in sources:
-        try:
-            test_file, train_file = fetch()
-            return _read_table(test_file), _read_table(train_file)
-        except Exception as exc:
-            reasons.append(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-    raise UserError(f"cannot get GSM8K from the hub ({'; '.join(reasons)}); pass a local copy with --data FOLDER "
-                    "holding test.jsonl and train.jsonl, e.g. --data ../../shared/data/gsm8k/")
-
-
-def fewshot_ids(num_docs: int, train_size: int, k: int, seed: int = FEWSHOT_SEED) -> list[list[int]]:
-    """Train indices of each test question's exemplars: one random.Random(seed) stream, k drawn per question."""
-    rnd = random.Random(seed)
-    return [rnd.sample(range(train_size), k) for _ in range(num_docs)]
-
-
-def doc_to_text(doc: dict) -> str:
-    return f"Question: {doc['question']}\nAnswer:"
-
-
-def build_prompt(doc: dict, exemplars: list[dict]) -> str:
-    shots = [doc_to_text(ex) + " " + ex["answer"] for ex in exemplars]
-    return "\n\n".join(shots + [doc_to_text(doc)])
 
 
 # --- the run -------------------------------------------------------------------------------------------------------
@@ -222,25 +62,6 @@ def run_seed(seed: int, run: int, first_id: int) -> int:
     """The sampling seed of one batch, fixed by (seed, run, first question). A resume can start batches elsewhere,
     so resumed sampled answers may differ from an uninterrupted run's; greedy ones do not."""
     return (seed * 1_000_003 + run * 10_007 + first_id) % 2**31
-
-
-def summarize(records: list[dict], doc_ids: list[int], num_runs: int) -> dict:
-    by_key = {(r["run"], r["doc_id"]): r for r in records}
-    out = {"runs": [], "pass_at_n_any": {}, "pass_at_k_unbiased": {}}
-    for run in range(1, num_runs + 1):
-        rows = [by_key[(run, i)] for i in doc_ids if (run, i) in by_key]
-        correct = {f: sum(r["correct"][f] for r in rows) for f in FILTERS}
-        uncertainty = {f: accuracy_uncertainty(correct[f], len(rows)) for f in FILTERS}
-        out["runs"].append({"run": run, "samples": len(rows),
-                            "accuracy": {f: (correct[f] / len(rows) if rows else None) for f in FILTERS},
-                            "stderr": {f: uncertainty[f]["stderr"] for f in FILTERS},
-                            "ci95": {f: uncertainty[f]["ci95"] for f in FILTERS}})
-    for f in FILTERS:
-        counts = [sum(by_key[(run, i)]["correct"][f] for run in range(1, num_runs + 1)) for i in doc_ids]
-        out["pass_at_n_any"][f] = sum(c > 0 for c in counts) / len(counts)
-        out["pass_at_k_unbiased"][f] = {str(k): sum(pass_at_k(num_runs, c, k) for c in counts) / len(counts)
-                                        for k in range(1, num_runs + 1)}
-    return out
 
 
 # --- comparing with another run (--compare_to, --baseline, --compare_only) -------------------------------------------
@@ -376,26 +197,29 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__.split("\n")[0])
     add_model_args(parser)
     parser.add_argument("--data", default=None, help="folder with GSM8K test.jsonl and train.jsonl (default: hub)")
-    parser.add_argument("--num_fewshot", type=int, default=NUM_FEWSHOT, help="exemplars per prompt (lm-eval: 5)")
+    parser.add_argument("--num_fewshot", type=non_negative_int, default=NUM_FEWSHOT,
+                        help="exemplars per prompt (lm-eval: 5; at most the train split's size)")
     parser.add_argument("--num_runs", type=positive_int, default=1, help="run 1 greedy, later runs sampled")
-    parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of runs 2..N")
-    parser.add_argument("--top_p", type=float, default=1.0, help="nucleus mass of runs 2..N")
+    parser.add_argument("--temperature", type=non_negative_float, default=0.7, help="sampling temperature of runs 2..N")
+    parser.add_argument("--top_p", type=probability, default=1.0, help="nucleus mass of runs 2..N, in (0, 1]")
     parser.add_argument("--seed", type=int, default=0, help="base seed of the sampled runs")
     parser.add_argument("--limit", type=positive_int, default=None, help="first N test questions only")
     parser.add_argument("--batch_size", type=positive_int, default=8, help="questions per generate() call")
-    parser.add_argument("--max_new_tokens", type=positive_int, default=MAX_NEW_TOKENS)
+    parser.add_argument("--max_new_tokens", type=positive_int, default=MAX_NEW_TOKENS,
+                        help="at most the model's context length minus the longest few-shot prompt")
     parser.add_argument("--output", default=None,
                         help="summary JSON (default results/task_<model>_<device>_<dtype>_gsm8k.json)")
-    parser.add_argument("--log", default=None, help="per-sample JSONL log (default: the output with .jsonl)")
+    parser.add_argument("--log", default=None,
+                        help="per-sample JSONL log (default: the output with .jsonl; never the output itself)")
     parser.add_argument("--resume", action="store_true", help="continue the log of an interrupted run")
     parser.add_argument("--compare_to", default=None,
                         help="another run of the same questions (result JSON, its .jsonl log, or lm-eval's samples "
                              "log): paired difference per filter with a 95%% CI and a verdict")
-    parser.add_argument("--baseline", type=float, default=None,
+    parser.add_argument("--baseline", type=finite_float, default=None,
                         help="a bare published accuracy (fraction, e.g. 0.22): unpaired difference and verdict")
     parser.add_argument("--baseline_filter", choices=FILTERS, default=FILTERS[0],
                         help="the filter --baseline was measured with (default strict-match)")
-    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE_POINTS,
+    parser.add_argument("--tolerance", type=finite_float, default=DEFAULT_TOLERANCE_POINTS,
                         help="accuracy points a difference may have and still PASS (default 1)")
     parser.add_argument("--compare_only", default=None, metavar="THIS.json",
                         help="compare an existing result JSON (no model run) with --compare_to or --baseline")
@@ -409,26 +233,28 @@ def generate_all(lm: CausalLM, test: list[dict], train: list[dict], shots: list[
 
     done = {(r["run"], r["doc_id"]) for r in records}
     bar = tqdm(total=args.num_runs * len(doc_ids), initial=len(done), desc="gsm8k", unit="sample", file=sys.stderr)
-    for run in range(1, args.num_runs + 1):
-        temperature = 0.0 if run == 1 else args.temperature
-        todo = [i for i in doc_ids if (run, i) not in done]
-        for start in range(0, len(todo), args.batch_size):
-            ids = todo[start: start + args.batch_size]
-            prompts = [build_prompt(test[i], [train[j] for j in shots[i]]) for i in ids]
-            texts = lm.generate(prompts, max_new_tokens=args.max_new_tokens, temperature=temperature,
-                                top_p=args.top_p, seed=None if run == 1 else run_seed(args.seed, run, ids[0]),
-                                stop=STOP)
-            for i, text in zip(ids, texts):
-                record = {"type": "sample", "doc_id": i, "run": run, "temperature": temperature,
-                          "fewshot_ids": shots[i], "generation": text, "gold": test[i]["answer"],
-                          **score(text, test[i]["answer"])}
-                append_run_record(log, config, record)
-                records.append(record)
-            run_rows = [r for r in records if r["run"] == run]
-            bar.update(len(ids))
-            bar.set_postfix(run=run, strict=f"{sum(r['correct']['strict-match'] for r in run_rows) / len(run_rows):.3f}",
-                            flex=f"{sum(r['correct']['flexible-extract'] for r in run_rows) / len(run_rows):.3f}")
-    bar.close()
+    try:
+        for run in range(1, args.num_runs + 1):
+            temperature = 0.0 if run == 1 else args.temperature
+            todo = [i for i in doc_ids if (run, i) not in done]
+            for start in range(0, len(todo), args.batch_size):
+                ids = todo[start: start + args.batch_size]
+                prompts = [build_prompt(test[i], [train[j] for j in shots[i]]) for i in ids]
+                texts = lm.generate(prompts, max_new_tokens=args.max_new_tokens, temperature=temperature,
+                                    top_p=args.top_p, seed=None if run == 1 else run_seed(args.seed, run, ids[0]),
+                                    stop=STOP)
+                for i, text in zip(ids, texts):
+                    record = {"type": "sample", "doc_id": i, "run": run, "temperature": temperature,
+                              "fewshot_ids": shots[i], "generation": text, "gold": test[i]["answer"],
+                              **score(text, test[i]["answer"])}
+                    append_run_record(log, config, record)
+                    records.append(record)
+                rows = [r for r in records if r["run"] == run]
+                bar.update(len(ids))
+                bar.set_postfix(run=run, strict=f"{sum(r['correct']['strict-match'] for r in rows) / len(rows):.3f}",
+                                flex=f"{sum(r['correct']['flexible-extract'] for r in rows) / len(rows):.3f}")
+    finally:
+        bar.close()  # ends the bar's line, so an error raised mid-run is printed on a line of its own
 
 
 def print_results(results: dict, args) -> None:
@@ -443,30 +269,73 @@ def print_results(results: dict, args) -> None:
                   + "  ".join(f"k={k}: {v:.4f}" for k, v in results["pass_at_k_unbiased"][f].items()))
 
 
+def output_paths(args) -> tuple[Path, Path]:
+    """The summary JSON and the per-sample log, checked before any work: each writable, and never one file (a
+    summary named x.jsonl would overwrite its own log, which a --resume then could not read)."""
+    device = resolve_device(args.device)  # resolved before the model loads: a bad device fails at once
+    output = Path(args.output or default_result_path(HERE, "task", model_spec(args.model_path), device,
+                                                     dtype_name(resolve_dtype(args.dtype, device)), "_gsm8k"))
+    log = Path(args.log) if args.log else output.with_suffix(".jsonl")
+    check_outputs({"--output": output, "--log" if args.log else "the per-sample log beside --output": log})
+    return output, log
+
+
+def check_log_data(log: Path, config: dict, resume: bool) -> None:
+    """A --resume must continue a log of the same GSM8K data (its fingerprint; the folder may have moved). A log
+    written before the data was recorded cannot be checked, so it is refused too, with what to do."""
+    if not (resume and log.is_file() and log.stat().st_size > 0):
+        return
+    records = read_jsonl(log)
+    saved = records[0].get("config") if records and records[0].get("type") == "config" else None
+    if not isinstance(saved, dict) or saved.get("task") != "gsm8k":
+        return  # not a log of this script: open_run_log says so
+    if "data_sha256" not in saved:
+        raise UserError(f"cannot resume {str(log)!r}: it predates the record of which GSM8K data a log was made "
+                        "from, so it cannot be checked against --data; start a new log (another --output or --log); "
+                        "it was not modified")
+    if saved["data_sha256"] != config["data_sha256"]:
+        raise UserError(f"cannot resume {str(log)!r}: it was made from other GSM8K data (fingerprint "
+                        f"{saved['data_sha256'][:12]}, here {config['data_sha256'][:12]}); pass the --data it was "
+                        "made from, or start a new log; it was not modified")
+
+
+def check_prompts_fit(tokenizer, model_config, prompts: dict[int, str], args) -> None:
+    """Every question's few-shot prompt + --max_new_tokens must fit in the model's context, checked before the
+    weights load: a run must not fail at question 900, and a prompt is never cut to fit."""
+    lengths = dict(zip(prompts, (len(ids) for ids in tokenizer(list(prompts.values()))["input_ids"])))
+    longest = max(lengths, key=lengths.get)
+    check_fits(lengths[longest], args.max_new_tokens, model_config, tokenizer,
+               prompt=f"the longest {args.num_fewshot}-shot prompt (question {longest})",
+               fix="use a smaller --num_fewshot")
+
+
+def run_config(args, data_sha256: str) -> dict:
+    """What --resume compares: every setting that changes a sample, and the data's fingerprint (not its path)."""
+    return {"task": "gsm8k", "task_version": TASK_VERSION, "model_path": args.model_path,
+            "num_fewshot": args.num_fewshot, "fewshot_seed": FEWSHOT_SEED, "num_runs": args.num_runs,
+            "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed, "limit": args.limit,
+            "max_new_tokens": args.max_new_tokens, "stop": STOP, "dtype": args.dtype, "data_sha256": data_sha256}
+
+
 def main(args) -> int:
-    if args.num_fewshot < 0:
-        raise UserError(f"--num_fewshot must be >= 0, got {args.num_fewshot}")
     if args.num_runs > 1 and args.temperature <= 0:
         raise UserError("--num_runs > 1 needs --temperature > 0 (runs 2..N sample)")
     other = check_compare_args(args)
     if args.compare_only:
         return compare_only(args, other)
-    test, train = load_data(args.data)
+    output, log = output_paths(args)
+    test, train, data = load_splits(args.data)
     doc_ids = list(range(len(test) if args.limit is None else min(args.limit, len(test))))
     if other is not None:  # before the model loads: a mismatched other run fails at once
         check_same_questions({i: {"gold": test[i]["answer"]} for i in doc_ids}, other, str(args.compare_to))
     shots = fewshot_ids(len(doc_ids), len(train), args.num_fewshot)
-    device = resolve_device(args.device)  # resolved before the model loads: a bad device fails at once
-    spec = model_spec(args.model_path)
-    output = Path(args.output or default_result_path(HERE, "task", spec, device,
-                                                     dtype_name(resolve_dtype(args.dtype, device)), "_gsm8k"))
-    log = Path(args.log) if args.log else output.with_suffix(".jsonl")
-    config = {"task": "gsm8k", "task_version": TASK_VERSION, "model_path": args.model_path,
-              "num_fewshot": args.num_fewshot, "fewshot_seed": FEWSHOT_SEED, "num_runs": args.num_runs,
-              "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed, "limit": args.limit,
-              "max_new_tokens": args.max_new_tokens, "stop": STOP, "dtype": args.dtype}
+    config = run_config(args, data["sha256"])
+    check_log_data(log, config, args.resume)
     records = open_run_log(log, config, args.resume, "eval_gsm8k.py")  # before the model loads: fail fast
-    lm = CausalLM(args.model_path, device=args.device, dtype=args.dtype)
+    prompts = {i: build_prompt(test[i], [train[j] for j in shots[i]]) for i in doc_ids}
+    lm = CausalLM(args.model_path, device=args.device, dtype=args.dtype,
+                  before_weights=lambda tokenizer, model_config: check_prompts_fit(tokenizer, model_config, prompts,
+                                                                                   args))
     generate_all(lm, test, train, shots, doc_ids, records, log, config, args)
     results = summarize(records, doc_ids, args.num_runs)
     if other is not None or args.baseline is not None:
@@ -474,9 +343,9 @@ def main(args) -> int:
         results["comparison"] = compare(this, other, args.baseline, args)
     headline = {"metric": f"GSM8K {args.num_fewshot}-shot strict-match accuracy (run 1, greedy)",
                 "value": results["runs"][0]["accuracy"]["strict-match"]}
-    write_json(output, result_record("task", device=lm.device, dtype=lm.dtype_name, model=spec, headline=headline,
-                                     config=config, model_source=str(lm.source), num_questions=len(doc_ids),
-                                     log=str(log), **results,
+    write_json(output, result_record("task", device=lm.device, dtype=lm.dtype_name, model=lm.spec, headline=headline,
+                                     config=config, data=data, model_source=str(lm.source),
+                                     num_questions=len(doc_ids), log=str(log), **results,
                                      fewshot_exemplars={str(i): shots[i] for i in doc_ids}))
     print_results(results, args)
     if "comparison" in results:

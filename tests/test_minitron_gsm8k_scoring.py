@@ -10,6 +10,7 @@ import pytest
 from conftest import MINITRON_FOLDER, load_script
 
 E = load_script(MINITRON_FOLDER, "eval_gsm8k")
+DATA = sys.modules[E.load_data.__module__]  # gsm8k_data: where the data loading lives (eval_gsm8k re-exports it)
 GOLD_1000 = "She pays 10 * 100 = <<10*100=1000>>1,000 dollars.\n#### 1000"
 
 
@@ -136,13 +137,13 @@ def test_modelscope_is_tried_when_hf_fails(shared_data, tmp_path, monkeypatch):
     fake.__spec__ = importlib.machinery.ModuleSpec("modelscope", None)
     fake.dataset_snapshot_download = lambda dataset_id: str(snapshot) if dataset_id == "modelscope/gsm8k" else None
     monkeypatch.setitem(sys.modules, "modelscope", fake)
-    monkeypatch.setattr(E, "_from_huggingface", lambda: (_ for _ in ()).throw(ConnectionError("offline")))
+    monkeypatch.setattr(DATA, "_from_huggingface", lambda: (_ for _ in ()).throw(ConnectionError("offline")))
     assert E.load_data(None) == (test, train)
 
 
 def test_offline_without_data_names_both_hubs_and_data(monkeypatch):
-    monkeypatch.setattr(E, "hub_reachable", lambda: False)
-    monkeypatch.setattr(E.importlib.util, "find_spec", lambda name: None)  # modelscope not installed
+    monkeypatch.setattr(DATA, "hub_reachable", lambda: False)
+    monkeypatch.setattr(DATA.importlib.util, "find_spec", lambda name: None)  # modelscope not installed
     with pytest.raises(E.UserError) as err:
         E.load_data(None)
     message = str(err.value)
