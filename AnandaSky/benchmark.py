@@ -12,7 +12,10 @@ wide) the same `--images` images are recognised two ways, interleaved so that ma
     replaced flash_attn_varlen_func) and their prompts left-padded into one generate: images/s, as a ratio to single.
 There is no other implementation to compare with: the upstream code needs flash_attn, which does not run here. The
 headline ratio is packed / single images/s at the largest size (most pixels): the conservative one, since packing
-gains most on small images (every size's ratio is in the JSON).
+gains most on small images (every size's ratio is in the JSON). --baseline_device cpu times the same images again on
+the CPU in fp32 (`baseline_device` in the JSON; per size `vs_baseline_device` = this device's single images/s / the
+CPU's, `vs_baseline_device_packed` the same for packed). Sizes are refused past processor.MAX_INPUT_PIXELS per image
+and MAX_RENDERED_BYTES per size, and prompt + --new_tokens past the text model's context, before the long work.
 """
 from __future__ import annotations
 
@@ -24,10 +27,13 @@ import numpy as np
 import torch
 
 from common.device import peak_memory, reset_peak_memory, synchronize
-from common.errors import ArgumentParser, UserError, non_negative_int, positive_int, run_main
+from common.errors import ArgumentParser, UserError, check_at_most, non_negative_int, positive_int, run_main
 from common.results import default_result_path, model_tag, result_record, save_figure, write_json
-from common.timing import Stopwatch, summarize
+from common.timing import (BASELINE_DTYPE, Stopwatch, add_baseline_device_arg, add_device_vs_cpu, attach_baseline,
+                           baseline_record, check_result_outputs, ratio_text, resolve_baseline_device, speed_ratio,
+                           summarize)
 from inference import DEFAULT_PROMPT, AnandaSkyOCR, add_model_args
+from processor import MAX_INPUT_PIXELS
 
 HERE = Path(__file__).resolve().parent
 
@@ -35,6 +41,9 @@ DEFAULT_SIZES = ("32x256", "48x640", "64x1280", "80x2048")  # height x width in 
 DEFAULT_IMAGES = 8  # images per size (each timed alone, then all packed in one call)
 DEFAULT_NEW_TOKENS = 32  # generated per image, EOS ignored
 DEFAULT_WARMUP = 2  # untimed single calls before the first size (allocator, kernel selection)
+# Every image is resized to at most the processor's max_pixels before the model, so a larger one only times the resize;
+# the port refuses input images past processor.MAX_INPUT_PIXELS (PIL's decompression-bomb limit): so does --sizes.
+MAX_RENDERED_BYTES = 4 * 2**30  # --images RGB renders of one size are held at once (plus the packed batch): 4 GiB
 LINE_TEXT = ("Printed lines of a technical report, page 7: results of the 2019 survey (n = 1,284) show that "
              "throughput rose by 31.5% while latency fell from 42 ms to 17 ms.")
 
@@ -47,7 +56,30 @@ def parse_size(text: str) -> tuple[int, int]:
         raise UserError(f"--sizes takes HEIGHTxWIDTH in pixels, e.g. 64x1280; got {text!r}") from None
     if height < 1 or width < 1:
         raise UserError(f"--sizes {text!r}: height and width must be >= 1")
+    check_at_most(height * width, MAX_INPUT_PIXELS, f"--sizes {text}: its pixel count",
+                  "the largest image this port reads (processor.MAX_INPUT_PIXELS)")
     return height, width
+
+
+def check_sizes(sizes: list[tuple[int, int]], images: int) -> None:
+    """All --images renders of the largest size must fit in memory at once (refused before the model loads)."""
+    height, width = max(sizes, key=lambda hw: hw[0] * hw[1])
+    need = images * height * width * 3
+    if need > MAX_RENDERED_BYTES:
+        raise UserError(f"--images {images} at {height}x{width} need {need / 2**30:.1f} GiB of rendered RGB, past this "
+                        f"benchmark's {MAX_RENDERED_BYTES / 2**30:.0f} GiB (MAX_RENDERED_BYTES); use fewer images or "
+                        "smaller sizes")
+
+
+def check_context(ocr: AnandaSkyOCR, sizes: list[tuple[int, int]], new_tokens: int) -> None:
+    """Prompt (with the largest size's image tokens) + --new_tokens must fit the text model's position table."""
+    config = getattr(ocr.model.config, "text_config", ocr.model.config)
+    limit = getattr(config, "max_position_embeddings", None)
+    if isinstance(limit, int):
+        prompt = ocr.encode(line_images(*max(sizes, key=lambda hw: hw[0] * hw[1]), 1), DEFAULT_PROMPT)
+        check_at_most(new_tokens, limit - prompt["input_ids"].shape[1], "--new_tokens",
+                      f"the model's context ({limit} positions) less the largest size's "
+                      f"{prompt['input_ids'].shape[1]}-token prompt")
 
 
 def line_images(height: int, width: int, count: int) -> list:
@@ -134,6 +166,34 @@ def plot(result: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
+def measure(ocr: AnandaSkyOCR, sizes, args) -> list[dict]:
+    """Warm-up on the first size, then every size: the rows of the result."""
+    from tqdm import tqdm
+
+    warm = line_images(*sizes[0], 1)
+    for _ in range(args.warmup):
+        with torch.inference_mode():
+            generate(ocr, warm, args.new_tokens)
+    return [{"size": f"{height}x{width}", **time_size(ocr, line_images(height, width, args.images), args.new_tokens)}
+            for height, width in tqdm(sizes, desc="sizes", unit="size", file=sys.stderr)]
+
+
+def baseline_run(args, sizes, device) -> dict:
+    """The same images, warm-up and tokens on --baseline_device in fp32, with the same modeling code."""
+    began = time.perf_counter()
+    ocr = AnandaSkyOCR(args.model_path, device=str(device), dtype=BASELINE_DTYPE, remote_code=args.remote_code)
+    print(f"baseline: the same images on {device} {BASELINE_DTYPE}")
+    rows = measure(ocr, sizes, args)
+    return baseline_record(device, time.perf_counter() - began, sizes=rows)
+
+
+def add_baseline(rows: list[dict], baseline: dict) -> None:
+    attach_baseline(rows, baseline["sizes"], "single_images_per_s")
+    for row, base in zip(rows, baseline["sizes"]):
+        row["baseline_device"]["packed_images_per_s"] = base["packed_images_per_s"]
+        row["vs_baseline_device_packed"] = speed_ratio(row["packed_images_per_s"], base["packed_images_per_s"])
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__.split("\n")[0])
     add_model_args(parser)
@@ -145,39 +205,43 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--output", default=None,
                         help="result JSON (default results/benchmark_<model>_<device>_<dtype>.json)")
     parser.add_argument("--no_plot", action="store_true")
+    add_baseline_device_arg(parser)
     return parser
 
 
 def main(args) -> int:
-    from tqdm import tqdm
-
     sizes = [parse_size(s) for s in args.sizes]
+    check_sizes(sizes, args.images)
+    baseline_device = resolve_baseline_device(args.baseline_device)
+    if args.output:
+        check_result_outputs(args.output, plot=not args.no_plot)
     began = time.perf_counter()
     ocr = AnandaSkyOCR(args.model_path, device=args.device, dtype=args.dtype, remote_code=args.remote_code)
     synchronize(ocr.device)
     load_s = time.perf_counter() - began
+    check_context(ocr, sizes, args.new_tokens)
     output = Path(args.output or default_result_path(HERE, "benchmark", ocr.folder, ocr.device, ocr.dtype_name,
                                                      "_remote_code" if args.remote_code else ""))
+    check_result_outputs(output, plot=not args.no_plot)
     reset_peak_memory(ocr.device)
-    warm = line_images(*sizes[0], 1)
-    for _ in range(args.warmup):
-        with torch.inference_mode():
-            generate(ocr, warm, args.new_tokens)
-    rows = []
-    for height, width in tqdm(sizes, desc="sizes", unit="size", file=sys.stderr):
-        rows.append({"size": f"{height}x{width}", **time_size(ocr, line_images(height, width, args.images),
-                                                              args.new_tokens)})
+    rows = measure(ocr, sizes, args)
     memory = peak_memory(ocr.device)
     weights_mib = sum(p.numel() * p.element_size() for p in ocr.model.parameters()) / 2**20
     largest = max(rows, key=lambda r: np.prod(parse_size(r["size"])))
     headline = {"metric": f"images/s packed vs one at a time ({args.images} images at the largest size, "
                           f"{largest['size']})", "peer": "single-image generate", "ratio": largest["packed_speedup"]}
+    baseline = None
+    if baseline_device is not None:
+        baseline = baseline_run(args, sizes, baseline_device)
+        add_baseline(rows, baseline)
+        add_device_vs_cpu(headline, baseline, largest["vs_baseline_device_packed"])
     result = result_record("benchmark", device=ocr.device, dtype=ocr.dtype_name, model=ocr.folder, headline=headline,
                            model_name=model_tag(ocr.folder), model_path=str(ocr.folder),
                            settings={"images": args.images, "new_tokens": args.new_tokens, "warmup": args.warmup,
                                      "prompt": DEFAULT_PROMPT},
                            load_s=load_s, parameters=ocr.num_parameters(), sizes=rows,
-                           memory={**memory, "weights_mib": weights_mib}, **ocr.describe())
+                           memory={**memory, "weights_mib": weights_mib}, **ocr.describe(),
+                           **({"baseline_device": baseline} if baseline else {}))
     write_json(output, result)
     if not args.no_plot:
         plot(result, output.with_suffix(".png"))
@@ -188,6 +252,10 @@ def main(args) -> int:
               f"decode {r['decode_tokens_per_s'] or 0:.1f} tok/s  packed x{r['packed_speedup']:.2f} "
               f"({r['packed_images_per_s']:.2f} vs {r['single_images_per_s']:.2f} images/s)")
     print(f"peak memory {memory['peak_mib']:.0f} MiB ({memory['source']}); weights {weights_mib:.0f} MiB")
+    if baseline:
+        print(f"this device / {baseline['device']} fp32 images/s (single, packed): " + ", ".join(
+            f"{r['size']} {ratio_text(r['vs_baseline_device'])} {ratio_text(r['vs_baseline_device_packed'])}"
+            for r in rows))
     print(f"wrote {output}")
     return 0
 

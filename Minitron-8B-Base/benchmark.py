@@ -21,9 +21,14 @@ counted, and where two continuations part, both paths are replayed teacher-force
 must start at a near-tie (common.metrics.near_tie, the rule every parity check here shares: generate's margin
 between the two tokens is within NEAR_TIE_FACTOR x the largest difference between the two paths' logits there).
 The copy bandwidth of a 256 MiB tensor is measured too: weights / bandwidth bounds the decode step from below.
+--output_tokens must be >= 2: with one token there is no decode step, so TPOT, ITL and the decode speed-up (the
+headline) would be undefined. Prompt + output must fit the model's context (config.max_position_embeddings), checked
+from config.json before the weights load. --baseline_device cpu runs the same requests on both paths again on the
+CPU in fp32 (`baseline_device` in the JSON; `vs_baseline_device` per path = this device's decode tokens/s / the CPU's).
 """
 from __future__ import annotations
 
+import gc
 import sys
 import time
 from pathlib import Path
@@ -31,16 +36,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.device import peak_memory, reset_peak_memory, synchronize
-from common.errors import ArgumentParser, UserError, non_negative_int, positive_int, run_main
+from common.device import empty_cache, peak_memory, reset_peak_memory, synchronize
+from common.errors import ArgumentParser, UserError, check_at_most, non_negative_int, positive_int, run_main
 from common.metrics import NEAR_TIE_FACTOR, first_divergence, near_tie
+from common.model_path import resolve_model_path
 from common.results import default_result_path, model_tag, result_record, save_figure, write_json
-from common.timing import summarize
-from inference import CausalLM, add_model_args, check_context, plain_greedy
+from common.timing import (BASELINE_DTYPE, add_baseline_device_arg, add_device_vs_cpu, attach_baseline,
+                           baseline_record, check_result_outputs, copy_bandwidth_gbs, ratio_text,
+                           request_aggregate, request_metrics, resolve_baseline_device)
+from inference import (DEFAULT_MODEL, SMOLLM2_ALIAS, CausalLM, add_model_args, check_context, model_spec,
+                       plain_greedy, smollm2_folder)
 
 HERE = Path(__file__).resolve().parent
 SEED = 0  # the random prompts: every run times the same work
 PATHS = ("generate", "static")
+MIN_OUTPUT_TOKENS = 2  # TPOT, ITL and decode tokens/s time the steps after the first token: one token has none
+MAX_BATCH_SIZE = 1024  # requests per batch: no model limit; past this the KV cache alone risks the OOM killer
+MAX_NUM_REQUESTS = 100_000  # every prompt is drawn up front, and the run takes hours long before this
 
 
 class _TokenClock:
@@ -174,13 +186,6 @@ def generate_path_logits(lm: CausalLM, ids: torch.Tensor, forced: torch.Tensor, 
     return torch.stack(rows, dim=1)
 
 
-def request_metrics(start: float, times: list[float], batch: int) -> dict:
-    ttft, e2e = times[0] - start, times[-1] - start
-    out = len(times)
-    return {"ttft_s": ttft, "e2e_s": e2e, "tpot_s": (e2e - ttft) / (out - 1) if out > 1 else float("nan"),
-            "itl_s": list(np.diff(times)), "decode_tokens_per_s": batch * (out - 1) / (e2e - ttft) if out > 1 else None}
-
-
 def divergences(lm: CausalLM, fast: StaticDecoder, ids: torch.Tensor, ours: torch.Tensor, theirs: torch.Tensor,
                 first_request: int) -> list[dict]:
     """Every request of a batch whose static tokens (`ours`) part from generate's (`theirs`): where, the two
@@ -197,34 +202,6 @@ def divergences(lm: CausalLM, fast: StaticDecoder, ids: torch.Tensor, ours: torc
     return [{"request": first_request + r, "position": k, "tokens": [int(ours[r, k]), int(theirs[r, k])],
              **near_tie(dynamic[r, k], static[r, k], int(theirs[r, k]), int(ours[r, k]))}
             for r, k in parted.items()]
-
-
-def copy_bandwidth_gbs(device, mib: int = 256, repeats: int = 5) -> float:
-    """Measured memory bandwidth (bytes read + written per second) of a large tensor copy: decoding one token
-    reads every weight once, so weights / bandwidth bounds the step time from below."""
-    src = torch.ones(mib * 2**20 // 4, device=device)
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    synchronize(device)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        dst.copy_(src)
-        synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * src.numel() * 4 / best / 1e9
-
-
-def aggregate(rows: list[dict], requests: int, batch_size: int, in_tokens: int, out_tokens: int,
-              wall_s: float) -> dict:
-    itl = [x for r in rows for x in r["itl_s"]]
-    decode_s = sum(r["e2e_s"] - r["ttft_s"] for r in rows)
-    return {"ttft": summarize(r["ttft_s"] for r in rows), "tpot": summarize(r["tpot_s"] for r in rows),
-            "itl": summarize(itl), "e2e": summarize(r["e2e_s"] for r in rows), "wall_s": wall_s,
-            "requests_per_s": requests / wall_s, "output_tokens_per_s": requests * out_tokens / wall_s,
-            "total_tokens_per_s": requests * (in_tokens + out_tokens) / wall_s,
-            "decode_tokens_per_s": (sum(len(r["itl_s"]) for r in rows) * batch_size / decode_s
-                                    if decode_s > 0 else None)}
 
 
 def plot(result: dict, path: Path) -> None:
@@ -250,6 +227,32 @@ def plot(result: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
+def config_before_load(model_path):
+    """The checkpoint's config without its weights (a folder, hub id or the smollm2 alias), so sizes are checked
+    before an 8B model loads; None for a .gguf file or an unreadable config (the load then says what is wrong)."""
+    from transformers import AutoConfig
+
+    spec = model_spec(model_path)
+    if spec.endswith(".gguf"):
+        return None
+    folder = smollm2_folder() if spec == SMOLLM2_ALIAS else resolve_model_path(spec, default=DEFAULT_MODEL)
+    try:
+        return AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def check_settings(args) -> None:
+    """Every size refused before the weights load: one line that names the limit, exit 2."""
+    if args.output_tokens < MIN_OUTPUT_TOKENS:
+        raise UserError(f"--output_tokens {args.output_tokens}: the benchmark needs at least {MIN_OUTPUT_TOKENS} "
+                        "(TPOT, ITL and decode tokens/s time the steps after the first token); use 2 or more")
+    check_at_most(args.batch_size, MAX_BATCH_SIZE, "--batch_size", "the largest batch this benchmark runs")
+    check_at_most(args.num_requests, MAX_NUM_REQUESTS, "--num_requests", "this benchmark's request limit")
+    if args.num_requests % args.batch_size:
+        raise UserError(f"--num_requests ({args.num_requests}) must be a multiple of --batch_size ({args.batch_size})")
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__.split("\n")[0])
     add_model_args(parser)
@@ -262,6 +265,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--output", default=None,
                         help="result JSON (default results/benchmark_<model>_<device>_<dtype>.json)")
     parser.add_argument("--no_plot", action="store_true")
+    add_baseline_device_arg(parser)
     return parser
 
 
@@ -300,17 +304,12 @@ def greedy_check(identical: int, requests: int, parted: list[dict]) -> str:
     return text
 
 
-def main(args) -> int:
-    if args.num_requests % args.batch_size:
-        raise UserError(f"--num_requests ({args.num_requests}) must be a multiple of --batch_size ({args.batch_size})")
-    lm = CausalLM(args.model_path, device=args.device, dtype=args.dtype)
-    check_context(lm.model.config, args.input_tokens + args.output_tokens, "--input_tokens + --output_tokens")
-    output = Path(args.output or default_result_path(HERE, "benchmark", lm.spec, lm.device, lm.dtype_name))
-    prompts = random_prompts(lm, args.num_requests, args.input_tokens)
+def measure(lm: CausalLM, prompts: torch.Tensor, args) -> tuple[dict, StaticDecoder, int, list]:
+    """Warm-up, then the timed loop on both paths: (per-path statistics, the fast decoder, identical requests,
+    divergences)."""
     fast = StaticDecoder(lm, compile=not args.no_compile)
     runners = {"generate": lambda ids: run_generate(lm, ids, args.output_tokens),
                "static": lambda ids: fast(ids, args.output_tokens)}
-    reset_peak_memory(lm.device)
     warm = {}
     for name, runner in runners.items():
         began = time.perf_counter()
@@ -318,15 +317,29 @@ def main(args) -> int:
             runner(prompts[: args.batch_size])
         warm[name] = time.perf_counter() - began
     rows, wall, identical, parted = time_paths(runners, prompts, args, lm, fast)
-    memory = peak_memory(lm.device)
-    bandwidth = copy_bandwidth_gbs(lm.device)
-    paths = {name: {**aggregate(rows[name], args.num_requests, args.batch_size, args.input_tokens,
+    paths = {name: {**request_aggregate(rows[name], args.num_requests, args.batch_size, args.input_tokens,
                                 args.output_tokens, wall[name]), "warmup_s": warm[name]} for name in PATHS}
+    return paths, fast, identical, parted
+
+
+def baseline_run(args, prompts: torch.Tensor, device) -> dict:
+    """The same requests on both paths on --baseline_device in fp32 (same warm-up, same compile setting)."""
+    began = time.perf_counter()
+    lm = CausalLM(args.model_path, device=str(device), dtype=BASELINE_DTYPE)
+    print(f"baseline: the same requests on {device} {BASELINE_DTYPE}")
+    paths, fast, identical, parted = measure(lm, prompts, args)
+    return baseline_record(device, time.perf_counter() - began, compiled=fast.compiled,
+                           greedy_check=greedy_check(identical, args.num_requests, parted),
+                           paths_list=[{"path": name, **paths[name]} for name in PATHS])
+
+
+def build_result(lm: CausalLM, args, measured: tuple, memory: dict, bandwidth: float) -> dict:
+    paths, fast, identical, parted = measured
     gen, sta = paths["generate"]["decode_tokens_per_s"], paths["static"]["decode_tokens_per_s"]
     speedup = (sta / gen) if gen and sta else None
     headline = {"metric": "decode tokens/s, static cache" + (" + compile" if fast.compiled else " (eager)"),
                 "peer": "model.generate", "ratio": speedup}
-    result = result_record(
+    return result_record(
         "benchmark", device=lm.device, dtype=lm.dtype_name, model=lm.spec, headline=headline,
         model_name=model_tag(lm.spec), source=str(lm.source),
         settings={"input_tokens": args.input_tokens, "output_tokens": args.output_tokens,
@@ -340,6 +353,40 @@ def main(args) -> int:
         memory={**memory, "weights_mib": lm.weight_bytes() / 2**20, "parameters": lm.num_parameters()},
         roofline={"copy_bandwidth_gbs": bandwidth,
                   "max_decode_tokens_per_s": args.batch_size * bandwidth * 1e9 / lm.weight_bytes()})
+
+
+def add_baseline(result: dict, baseline: dict) -> None:
+    """The baseline block, and per path this device's decode tokens/s over the baseline's (the headline: static)."""
+    paths = result["paths"]
+    attach_baseline([paths[name] for name in PATHS], baseline["paths_list"], "decode_tokens_per_s")
+    result["paths_list"] = [{"path": name, **paths[name]} for name in PATHS]
+    result["baseline_device"] = baseline
+    add_device_vs_cpu(result["headline"], baseline, paths["static"]["vs_baseline_device"])
+
+
+def main(args) -> int:
+    check_settings(args)
+    baseline_device = resolve_baseline_device(args.baseline_device)
+    if args.output:
+        check_result_outputs(args.output, plot=not args.no_plot)
+    config = config_before_load(args.model_path)
+    if config is not None:  # before the weights load: a prompt past the context would OOM or run without end
+        check_context(config, args.input_tokens + args.output_tokens, "--input_tokens + --output_tokens")
+    lm = CausalLM(args.model_path, device=args.device, dtype=args.dtype)
+    check_context(lm.model.config, args.input_tokens + args.output_tokens, "--input_tokens + --output_tokens")
+    output = Path(args.output or default_result_path(HERE, "benchmark", lm.spec, lm.device, lm.dtype_name))
+    check_result_outputs(output, plot=not args.no_plot)
+    prompts = random_prompts(lm, args.num_requests, args.input_tokens)
+    reset_peak_memory(lm.device)
+    measured = measure(lm, prompts, args)
+    memory = peak_memory(lm.device)
+    result = build_result(lm, args, measured, memory, copy_bandwidth_gbs(lm.device))
+    if baseline_device is not None:
+        device = lm.device
+        del lm, measured  # the baseline loads its own copy: free this one first (an 8B model twice may not fit)
+        gc.collect()
+        empty_cache(device)
+        add_baseline(result, baseline_run(args, prompts, baseline_device))
     write_json(output, result)
     if not args.no_plot:
         plot(result, output.with_suffix(".png"))
@@ -359,6 +406,9 @@ def print_summary(result: dict, output: Path) -> None:
     print(f"memory-bandwidth bound: {roofline['copy_bandwidth_gbs']:.1f} GB/s copy -> at most "
           f"{roofline['max_decode_tokens_per_s']:.1f} decode tokens/s at batch {result['settings']['batch_size']}")
     print(f"peak memory {memory['peak_mib']:.0f} MiB ({memory['source']}); weights {memory['weights_mib']:.0f} MiB")
+    if "baseline_device" in result:
+        print(f"this device / {result['baseline_device']['device']} fp32 decode tokens/s: " + ", ".join(
+            f"{name} {ratio_text(result['paths'][name]['vs_baseline_device'])}" for name in PATHS))
     print(f"wrote {output}")
 
 

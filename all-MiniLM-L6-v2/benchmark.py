@@ -3,11 +3,14 @@
     python benchmark.py                                   # CPU fp32, batch sizes 1,4,16,32,64, 2,000 texts
     python benchmark.py --dtype bf16 --batch_sizes 32
     python benchmark.py --compile --device npu --dtype bf16 --model_path path/to/model
+    python benchmark.py --device npu --dtype bf16 --baseline_device cpu   # also the same texts on the CPU in fp32
 
 Each (implementation, batch size) gets an untimed warm-up on a slice of the workload, then --repeats timed passes
 over the whole workload; throughput is the median pass. Per-batch latencies (ours) come from every timed batch.
 The peer is what a user would otherwise run on the same folder: SentenceTransformer(model).encode(texts,
 batch_size=...) in fp32. The headline ratio is ours / peer in texts/s at batch 32 (or the largest batch run).
+--baseline_device cpu times the same texts, batch sizes and passes again on the CPU in fp32 with this port
+(`baseline_device` in the JSON, `vs_baseline_device` per batch size = this device's texts/s / the CPU's).
 Writes results/benchmark_<model>_<device>_<dtype>[_compiled].json and a PNG plot beside it.
 """
 from __future__ import annotations
@@ -23,10 +26,11 @@ import torch
 from tqdm.auto import tqdm
 
 from common.device import peak_memory, reset_peak_memory, synchronize
-from common.errors import ArgumentParser, UserError, positive_int, run_main
+from common.errors import ArgumentParser, UserError, check_at_most, positive_int, run_main
 from common.results import default_result_path, result_record, save_figure, write_json
 from common.textio import read_lines
-from common.timing import Stopwatch, summarize
+from common.timing import (BASELINE_DTYPE, Stopwatch, add_baseline_device_arg, add_device_vs_cpu, attach_baseline,
+                           baseline_record, check_result_outputs, ratio_text, resolve_baseline_device, summarize)
 from inference import MODEL_CLASS, MODEL_NAME, MiniLMEncoder, add_model_args
 
 HERE = Path(__file__).resolve().parent
@@ -39,6 +43,9 @@ WARMUP_BATCHES = 3  # untimed batches per configuration (compiled graphs, alloca
 GEMM_PROBE_SIZE = 2048  # square matmul used to measure this device's dense peak for the utilisation figure
 HEADLINE_BATCH = 32  # the batch size whose speedup is the result's headline (the largest run if it is not run)
 PEER = "SentenceTransformer.encode"
+# no model limit applies to these (texts are truncated to the model's max_seq_length), so they are settings:
+MAX_BATCH_SIZE = 1024  # 1024 x 12 heads x 256^2 fp32 attention scores are 3 GiB; throughput is flat long before
+MAX_NUM_TEXTS = 200_000  # the synthetic texts and their token ids are held in memory (Python lists, ~1 GB here)
 VOCAB = ("time person year way day thing man world life hand part child eye woman place work week case point "
          "government company number group problem fact be have do say get make go know take see come think look "
          "want give use find tell ask seem feel try leave call good new first last long great little own other "
@@ -188,20 +195,44 @@ def parse_batch_sizes(text: str) -> list[int]:
         sizes = []
     if not sizes or min(sizes) < 1:
         raise UserError(f"--batch_sizes {text!r} must be a comma-separated list of whole numbers >= 1, e.g. 1,8,32")
+    check_at_most(max(sizes), MAX_BATCH_SIZE, "--batch_sizes", "the largest batch size this benchmark runs")
     return sizes
 
 
-def headline(rows: list[dict], with_peer: bool) -> dict:
-    """The result's one figure: our speedup over the peer at batch 32, or at the largest batch size run."""
+def check_workload(batch_sizes: list[int], num_texts: int) -> None:
+    """A batch larger than the workload would time a smaller batch under a bigger label."""
+    if max(batch_sizes) > num_texts:
+        raise UserError(f"--batch_sizes {max(batch_sizes)} is larger than the workload ({num_texts} texts); use "
+                        f"batch sizes up to {num_texts} or more texts")
+
+
+def baseline_sweep(args, texts, batch_sizes, device) -> dict:
+    """The same texts, batch sizes, warm-up and passes on --baseline_device in fp32, with this port (no peer)."""
+    began = time.perf_counter()
+    encoder = MiniLMEncoder(args.model_path, str(device), BASELINE_DTYPE, compile=args.compile)
+    encoder.encode(texts[:64], batch_size=32, show_progress=False)  # first call (compilation) untimed, as above
+    print(f"baseline: the same workload on {device} {BASELINE_DTYPE}")
+    rows = run_sweep(encoder, None, texts, batch_sizes, args.repeats)
+    return baseline_record(device, time.perf_counter() - began, compiled=args.compile, rows=rows)
+
+
+def headline(rows: list[dict], with_peer: bool, baseline: dict | None) -> dict:
+    """The result's one figure: our speedup over the peer at batch 32, or at the largest batch size run (and this
+    device's over the CPU there, with --baseline_device cpu)."""
     sizes = [r["batch_size"] for r in rows]
     row = rows[sizes.index(HEADLINE_BATCH)] if HEADLINE_BATCH in sizes else max(rows, key=lambda r: r["batch_size"])
-    return {"metric": f"texts/s at batch {row['batch_size']}", "peer": PEER,
-            "ratio": row["speedup"] if with_peer else None}
+    return add_device_vs_cpu({"metric": f"texts/s at batch {row['batch_size']}", "peer": PEER,
+                              "ratio": row["speedup"] if with_peer else None}, baseline, row.get("vs_baseline_device"))
 
 
 def main(args) -> int:
     batch_sizes = parse_batch_sizes(args.batch_sizes)
+    check_at_most(args.num_texts, MAX_NUM_TEXTS, "--num_texts", "the largest synthetic workload")
+    baseline_device = resolve_baseline_device(args.baseline_device)
+    if args.output:
+        check_result_outputs(args.output)
     texts = read_lines(args.batch_file, "--batch_file")[0] if args.batch_file else synthetic_texts(args.num_texts)
+    check_workload(batch_sizes, len(texts))
     encoder = MiniLMEncoder(args.model_path, args.device, args.dtype, compile=args.compile)
     start = time.perf_counter()
     encoder.encode(texts[:64], batch_size=32, show_progress=False)  # first call: compilation happens here
@@ -215,23 +246,32 @@ def main(args) -> int:
     label = f"{encoder.device.type}_{encoder.dtype_name}{suffix}"
     print(f"{len(texts)} texts, batch sizes {batch_sizes}, {args.repeats} timed passes each, {label}; "
           f"{encoder.describe()}")
-    rows = run_sweep(encoder, peer, texts, batch_sizes, args.repeats)
-    synchronize(encoder.device)
     output = Path(args.output or default_result_path(HERE, "benchmark", encoder.model_dir, encoder.device,
                                                      encoder.dtype_name, suffix))
+    check_result_outputs(output)
+    rows = run_sweep(encoder, peer, texts, batch_sizes, args.repeats)
+    synchronize(encoder.device)
+    gemm_peak = gemm_peak_gflops(encoder.device, encoder.dtype)
+    baseline = None
+    if baseline_device is not None:
+        baseline = baseline_sweep(args, texts, batch_sizes, baseline_device)
+        attach_baseline(rows, baseline["rows"], "ours.texts_per_s")
     result = result_record(
         "benchmark", device=encoder.device, dtype=encoder.dtype_name, model=encoder.model_dir,
-        headline=headline(rows, peer is not None), label=label, compiled=args.compile,
+        headline=headline(rows, peer is not None, baseline), label=label, compiled=args.compile,
         workload={"texts": len(texts), "source": args.batch_file or f"synthetic seed={SEED}",
                   "tokens": encoder.last_stats["tokens"], "truncated": encoder.last_stats["truncated"]},
         repeats=args.repeats, first_call_seconds=first_call_s,
-        gemm_peak_gflops=gemm_peak_gflops(encoder.device, encoder.dtype),
+        gemm_peak_gflops=gemm_peak,
         cpu_capability=torch.backends.cpu.get_cpu_capability(), cpu_bf16_hardware=cpu_bf16_hardware(),
-        pipeline=encoder.describe(), rows=rows)
+        pipeline=encoder.describe(), rows=rows, **({"baseline_device": baseline} if baseline else {}))
     write_json(output, result)
     plot(rows, f"{MODEL_NAME} {label} on {result['meta']['device_name']}", output.with_suffix(".png"))
     print(f"first call {first_call_s:.1f} s; measured {encoder.dtype_name} GEMM peak "
           f"{result['gemm_peak_gflops']:.0f} GFLOP/s")
+    if baseline:
+        print(f"this device / {baseline['device']} fp32 texts/s: "
+              + ", ".join(f"batch {r['batch_size']} {ratio_text(r['vs_baseline_device'])}" for r in rows))
     print(f"wrote {output} and {output.with_suffix('.png')}")
     return 0
 
@@ -244,6 +284,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--repeats", type=positive_int, default=3, help="timed passes per configuration")
     p.add_argument("--no_peer", action="store_true", help="skip SentenceTransformer (e.g. when it is not installed)")
     p.add_argument("--output", help="result JSON (default results/benchmark_<model>_<device>_<dtype>[_compiled].json)")
+    add_baseline_device_arg(p)
     return add_model_args(p)
 
 

@@ -14,7 +14,9 @@ alternating pass by pass so machine drift hits both alike. requests/s and new to
 a request's latency is the time of the batch it was in. ratio = ours / peer requests/s. New tokens are counted the
 same way on both sides: up to and including each row's first </s> (what follows is padding).
 Writes a "benchmark" result record, results/benchmark_<model>_<device>_<dtype>.json, and a PNG plot beside it;
-its headline is the greedy row's ratio.
+its headline is the greedy row's ratio. --baseline_device cpu times the same encoder inputs and generation requests
+again on the CPU in fp32 with this port (`baseline_device` in the JSON; `vs_baseline_device` per row = this device's
+sequences/s or requests/s / the CPU's).
 """
 from __future__ import annotations
 
@@ -28,9 +30,11 @@ import torch
 from tqdm.auto import tqdm
 
 from common.device import device_name, peak_memory, reset_peak_memory
-from common.errors import ArgumentParser, UserError, non_negative_int, positive_int, run_main
+from common.errors import ArgumentParser, UserError, check_at_most, non_negative_int, positive_int, run_main
 from common.results import default_result_path, result_record, save_figure, write_json
-from common.timing import Stopwatch, summarize, time_calls
+from common.timing import (BASELINE_DTYPE, Stopwatch, add_baseline_device_arg, add_device_vs_cpu, attach_baseline,
+                           baseline_record, check_result_outputs, ratio_text, resolve_baseline_device, summarize,
+                           time_calls)
 from inference import MODEL_CLASS, MODEL_NAME, T5Summarizer, add_model_args
 
 HERE = Path(__file__).resolve().parent
@@ -42,6 +46,10 @@ DEFAULT_GEN_BATCH_SIZE = 8  # prompts per generate() call, ours and the peer ali
 DEFAULT_MAX_NEW_TOKENS = 32  # new tokens per request (the cap; a request may stop earlier at </s>)
 DEFAULT_BEAMS = 4  # beam width of the beam-search row (the greedy row is 1)
 SEED = 0  # fixed workload: every run and machine times the same inputs
+# T5 has relative positions, so no position table bounds these; they are settings, named in the error messages:
+MAX_BATCH_SIZE = 1024  # encoder or generate batch: throughput is flat long before; larger ones risk the OOM killer
+MAX_NEW_TOKENS_LIMIT = 2048  # T5 targets were trained up to 512 tokens; a random checkpoint never stops at </s>
+MAX_BEAMS = 64  # each beam is a full decoder row: 64 x the batch is already far past any useful beam search
 WORDS_MIN, WORDS_MAX = 20, 60  # synthetic prompt lengths in words
 WORDS = ("the council city river market energy report school water company plan year people new old first last "
          "said would could after before because while during against local national public private small large "
@@ -183,6 +191,42 @@ def parse_sizes(text: str, flag: str) -> list[int]:
     return sizes
 
 
+def check_settings(args, batch_sizes: list[int]) -> None:
+    """Sizes past what the model takes or a machine holds, refused before the model loads (one line, exit 2).
+    The encoder input is used as given (not truncated), so it must fit --max_input_length, the port's limit."""
+    check_at_most(args.input_tokens, args.max_input_length, "--input_tokens",
+                  "--max_input_length, the longest input this port feeds the model")
+    for flag, value, limit, what in (
+            ("--encoder_batch_sizes", max(batch_sizes), MAX_BATCH_SIZE, "the largest batch this benchmark runs"),
+            ("--gen_batch_size", args.gen_batch_size, MAX_BATCH_SIZE, "the largest batch this benchmark runs"),
+            ("--max_new_tokens", args.max_new_tokens, MAX_NEW_TOKENS_LIMIT, "this benchmark's generation limit"),
+            ("--num_beams", args.num_beams, MAX_BEAMS, "this benchmark's beam limit")):
+        check_at_most(value, limit, flag, what)
+
+
+def check_input_limit(model: T5Summarizer, input_tokens: int) -> None:
+    """The tokenizer's own model_max_length, when it has a finite one smaller than --max_input_length."""
+    limit = getattr(model.tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and limit < 10**9:
+        check_at_most(input_tokens, limit, "--input_tokens", "the tokenizer's model_max_length")
+
+
+def generation_settings(args) -> list[dict]:
+    return [{"mode": mode, "num_beams": beams, "max_new_tokens": args.max_new_tokens,
+             "batch_size": args.gen_batch_size} for mode, beams in (("greedy", 1), ("beam", args.num_beams))]
+
+
+def baseline_run(args, batch_sizes, prompts, device) -> dict:
+    """The same encoder inputs and generation requests on --baseline_device in fp32, with this port (no peer)."""
+    began = time.perf_counter()
+    model = T5Summarizer(args.model_path, str(device), BASELINE_DTYPE, args.max_input_length)
+    print(f"baseline: the same workload on {device} {BASELINE_DTYPE}")
+    encoder_rows = bench_encoder(model, batch_sizes, args.input_tokens, args.warmup, args.repeats)
+    generation_rows = [bench_generation(model, None, prompts, settings, args.repeats)
+                       for settings in generation_settings(args)]
+    return baseline_record(device, time.perf_counter() - began, encoder=encoder_rows, generation=generation_rows)
+
+
 def load_peer(model: T5Summarizer):
     from transformers import AutoModelForSeq2SeqLM
 
@@ -190,16 +234,25 @@ def load_peer(model: T5Summarizer):
                                                  trust_remote_code=False).to(model.device).eval()
 
 
-def headline(generation_rows: list[dict], batch_size: int) -> dict:
-    """The overview's one figure: greedy generation, ours against transformers' generate (None without the peer)."""
+def headline(generation_rows: list[dict], batch_size: int, baseline: dict | None) -> dict:
+    """The overview's one figure: greedy generation, ours against transformers' generate (None without the peer),
+    and this device against the CPU on the same row when --baseline_device cpu ran."""
     greedy = next(row for row in generation_rows if row["mode"] == "greedy")
-    return {"metric": f"generation requests/s, greedy, batch {batch_size}", "peer": "model.generate",
-            "ratio": greedy.get("ratio")}
+    return add_device_vs_cpu({"metric": f"generation requests/s, greedy, batch {batch_size}", "peer": "model.generate",
+                              "ratio": greedy.get("ratio")}, baseline, greedy.get("vs_baseline_device"))
 
 
 def main(args) -> int:
     batch_sizes = parse_sizes(args.encoder_batch_sizes, "--encoder_batch_sizes")
+    check_settings(args, batch_sizes)
+    baseline_device = resolve_baseline_device(args.baseline_device)
+    if args.output:
+        check_result_outputs(args.output)
     model = T5Summarizer(args.model_path, args.device, args.dtype, args.max_input_length)
+    check_input_limit(model, args.input_tokens)
+    output = Path(args.output or default_result_path(HERE, "benchmark", model.model_dir, model.device,
+                                                     model.dtype_name))
+    check_result_outputs(output)
     peer = None if args.no_peer else load_peer(model)
     label = f"{model.device.type}_{model.dtype_name}"
     prompts = synthetic_prompts(args.requests)
@@ -211,21 +264,27 @@ def main(args) -> int:
         tqdm.write(f"encoder batch {row['batch_size']:>3}: {row['sequences_per_s']:8.1f} seq/s, "
                    f"{row['tokens_per_s']:9.0f} tok/s, p50 {row['latency']['p50_ms']:.1f} ms")
     generation_rows = []
-    for mode, beams in tqdm([("greedy", 1), ("beam", args.num_beams)], desc="generation", unit="mode"):
-        settings = {"mode": mode, "num_beams": beams, "max_new_tokens": args.max_new_tokens,
-                    "batch_size": args.gen_batch_size}
+    for settings in tqdm(generation_settings(args), desc="generation", unit="mode"):
         generation_rows.append(bench_generation(model, peer, prompts, settings, args.repeats))
         tqdm.write(format_generation_row(generation_rows[-1]))
-    output = Path(args.output or default_result_path(HERE, "benchmark", model.model_dir, model.device,
-                                                     model.dtype_name))
+    memory = peak_memory(model.device)
+    baseline = None
+    if baseline_device is not None:
+        baseline = baseline_run(args, batch_sizes, prompts, baseline_device)
+        attach_baseline(encoder_rows, baseline["encoder"], "sequences_per_s")
+        attach_baseline(generation_rows, baseline["generation"], "ours.requests_per_s")
+        print(f"this device / {baseline['device']} fp32: encoder " + ", ".join(
+            f"batch {r['batch_size']} {ratio_text(r['vs_baseline_device'])}" for r in encoder_rows) + "; generation "
+            + ", ".join(f"{r['mode']} {ratio_text(r['vs_baseline_device'])}" for r in generation_rows))
     result = result_record(
         "benchmark", device=model.device, dtype=model.dtype_name, model=model.model_dir,
-        headline=headline(generation_rows, args.gen_batch_size), label=label,
+        headline=headline(generation_rows, args.gen_batch_size, baseline), label=label,
         parameters=sum(p.numel() for p in model.model.parameters()),
         settings={"input_tokens": args.input_tokens, "requests": len(prompts), "seed": SEED,
                   "gen_batch_size": args.gen_batch_size, "max_new_tokens": args.max_new_tokens,
                   "repeats": args.repeats, "warmup": args.warmup, "peer": peer is not None},
-        peak_memory=peak_memory(model.device), encoder=encoder_rows, generation=generation_rows)
+        peak_memory=memory, encoder=encoder_rows, generation=generation_rows,
+        **({"baseline_device": baseline} if baseline else {}))
     write_json(output, result)
     title = f"{Path(str(model.model_dir)).name} ({result['weights']}) {label} on {device_name(model.device)}"
     plot(result, title, output.with_suffix(".png"))
@@ -246,6 +305,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--warmup", type=non_negative_int, default=1, help="untimed encoder calls per batch size")
     p.add_argument("--no_peer", action="store_true", help="skip the plain transformers comparison")
     p.add_argument("--output", help="result JSON (default results/benchmark_<model>_<device>_<dtype>.json)")
+    add_baseline_device_arg(p)
     return add_model_args(p)
 
 
