@@ -14,10 +14,17 @@ import pytest
 
 from conftest import ANANDASKY_FOLDER, REPO_ROOT, load_script
 
-CHECKPOINT = REPO_ROOT / ANANDASKY_FOLDER / "test_checkpoint"  # committed; its config says 40960 positions
+CHECKPOINT: Path | None = None  # the session's AnandaSky test checkpoint (its config says 40960 positions), set below
 UW3 = REPO_ROOT.parent / "shared" / "data" / "ocr" / "uw3_500"
 LINES = ["images/0005_010001.bin.png", "images/0011_010111.bin.png"]
 LONG_PROMPT = "word " * 20_000  # ~60k tokens with the test tokenizer: past 40960
+
+
+@pytest.fixture(autouse=True)
+def _checkpoint(anandasky_checkpoint):
+    """The checkpoint folder is built by conftest (it is not committed: .gitignore), once per session."""
+    global CHECKPOINT
+    CHECKPOINT = anandasky_checkpoint
 
 
 def png_declaring(width: int, height: int) -> bytes:

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from conftest import ANANDASKY_FOLDER, MINITRON_FOLDER, REPO_ROOT, T5_FOLDER, load_script
+from conftest import ANANDASKY_FOLDER, MINITRON_FOLDER, T5_FOLDER, load_script
 
 MINILM_FOLDER = "all-MiniLM-L6-v2"
 FOLDERS = [MINILM_FOLDER, T5_FOLDER, MINITRON_FOLDER, ANANDASKY_FOLDER]
@@ -93,11 +93,11 @@ def test_minitron_context_is_checked_from_the_config_before_the_weights_load(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_anandasky_new_tokens_past_the_context(cli, capsys, tmp_path, monkeypatch):
+def test_anandasky_new_tokens_past_the_context(anandasky_checkpoint, cli, capsys, tmp_path, monkeypatch):
     """Refused after the (small) load but before the first generate, which would otherwise run without end."""
     bench = load_script(ANANDASKY_FOLDER, "benchmark")
     monkeypatch.setattr(bench, "generate", lambda *a, **k: pytest.fail("generation started"))
-    assert cli(bench, "--model_path", REPO_ROOT / ANANDASKY_FOLDER / "test_checkpoint", "--device", "cpu",
+    assert cli(bench, "--model_path", anandasky_checkpoint, "--device", "cpu",
                "--sizes", "28x112", "--new_tokens", "1000000000", "--output", tmp_path / "bench.json") == 2
     message = one_line_error(capsys)
     assert "--new_tokens 1000000000 is past the model's context (40960 positions) less the largest size's" in message
@@ -121,7 +121,6 @@ def test_t5_input_tokens_past_the_tokenizer_limit(tiny_t5, cli, capsys, tmp_path
 
 def test_one_output_token_gives_null_not_nan():
     """The shared request statistics never produce NaN (write_json refuses it): one token has no TPOT."""
-    from common.results import write_json  # noqa: F401  (the writer whose allow_nan=False this protects)
     from common.timing import request_aggregate, request_metrics
 
     row = request_metrics(0.0, [0.5], batch=1)

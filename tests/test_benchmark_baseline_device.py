@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from conftest import ANANDASKY_FOLDER, MINITRON_FOLDER, REPO_ROOT, T5_FOLDER, load_script
+from conftest import ANANDASKY_FOLDER, MINITRON_FOLDER, T5_FOLDER, load_script
 
 MINILM_FOLDER = "all-MiniLM-L6-v2"
 
@@ -86,10 +86,10 @@ def test_minitron(tiny_minitron, cli, tmp_path):
     assert result["paths_list"][1]["vs_baseline_device"] == result["paths"]["static"]["vs_baseline_device"]
 
 
-def test_anandasky(cli, tmp_path):
+def test_anandasky(anandasky_checkpoint, cli, tmp_path):
     bench = load_script(ANANDASKY_FOLDER, "benchmark")
     out = tmp_path / "bench.json"
-    assert cli(bench, "--model_path", REPO_ROOT / ANANDASKY_FOLDER / "test_checkpoint", "--device", "cpu",
+    assert cli(bench, "--model_path", anandasky_checkpoint, "--device", "cpu",
                "--sizes", "28x112", "--images", 2, "--new_tokens", 2, "--warmup", 0, "--baseline_device", "cpu",
                "--output", out, "--no_plot") == 0
     result = json.loads(out.read_text())

@@ -166,8 +166,8 @@ def current_umask() -> int:
 
 
 @pytest.fixture(scope="module")
-def foreign_checkpoints(tmp_path_factory):
-    from conftest import ANANDASKY_FOLDER, MINITRON_FOLDER, T5_FOLDER
+def foreign_checkpoints(tmp_path_factory, anandasky_checkpoint):
+    from conftest import MINITRON_FOLDER, T5_FOLDER
 
     root = tmp_path_factory.mktemp("foreign")
     return {"T5ForConditionalGeneration (t5), an encoder-decoder":
@@ -175,7 +175,7 @@ def foreign_checkpoints(tmp_path_factory):
             "NemotronForCausalLM (nemotron), a text generator":
                 load_script(MINITRON_FOLDER, "make_tiny_checkpoint").build(root / "minitron"),
             "AnandaSkyForConditionalGeneration (anandasky), a model whose code ships with the checkpoint":
-                REPO_ROOT / ANANDASKY_FOLDER / "test_checkpoint"}
+                anandasky_checkpoint}
 
 
 @pytest.mark.parametrize("architecture", ["T5For", "NemotronFor", "AnandaSkyFor"])
