@@ -72,10 +72,10 @@ def check_sizes(sizes: list[tuple[int, int]], images: int) -> None:
 
 
 def check_context(ocr: AnandaSkyOCR, sizes: list[tuple[int, int]], new_tokens: int) -> None:
-    """Prompt (with the largest size's image tokens) + --new_tokens must fit the text model's position table."""
-    config = getattr(ocr.model.config, "text_config", ocr.model.config)
-    limit = getattr(config, "max_position_embeddings", None)
-    if isinstance(limit, int):
+    """Prompt (with the largest size's image tokens) + --new_tokens must fit the model's context length, the one
+    the processor enforces for every input (processor.context_length)."""
+    limit = ocr.processor.context_length
+    if limit is not None:
         prompt = ocr.encode(line_images(*max(sizes, key=lambda hw: hw[0] * hw[1]), 1), DEFAULT_PROMPT)
         check_at_most(new_tokens, limit - prompt["input_ids"].shape[1], "--new_tokens",
                       f"the model's context ({limit} positions) less the largest size's "
