@@ -39,13 +39,11 @@ import torch
 from common.device import empty_cache, peak_memory, reset_peak_memory, synchronize
 from common.errors import ArgumentParser, UserError, check_at_most, non_negative_int, positive_int, run_main
 from common.metrics import NEAR_TIE_FACTOR, first_divergence, near_tie
-from common.model_path import resolve_model_path
 from common.results import default_result_path, model_tag, result_record, save_figure, write_json
 from common.timing import (BASELINE_DTYPE, add_baseline_device_arg, add_device_vs_cpu, attach_baseline,
                            baseline_record, check_result_outputs, copy_bandwidth_gbs, ratio_text,
                            request_aggregate, request_metrics, resolve_baseline_device)
-from inference import (DEFAULT_MODEL, SMOLLM2_ALIAS, CausalLM, add_model_args, check_context, model_spec,
-                       plain_greedy, smollm2_folder)
+from inference import CausalLM, add_model_args, check_context, plain_greedy
 
 HERE = Path(__file__).resolve().parent
 SEED = 0  # the random prompts: every run times the same work
@@ -227,21 +225,6 @@ def plot(result: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
-def config_before_load(model_path):
-    """The checkpoint's config without its weights (a folder, hub id or the smollm2 alias), so sizes are checked
-    before an 8B model loads; None for a .gguf file or an unreadable config (the load then says what is wrong)."""
-    from transformers import AutoConfig
-
-    spec = model_spec(model_path)
-    if spec.endswith(".gguf"):
-        return None
-    folder = smollm2_folder() if spec == SMOLLM2_ALIAS else resolve_model_path(spec, default=DEFAULT_MODEL)
-    try:
-        return AutoConfig.from_pretrained(folder, trust_remote_code=False)
-    except (OSError, ValueError, KeyError):
-        return None
-
-
 def check_settings(args) -> None:
     """Every size refused before the weights load: one line that names the limit, exit 2."""
     if args.output_tokens < MIN_OUTPUT_TOKENS:
@@ -369,11 +352,10 @@ def main(args) -> int:
     baseline_device = resolve_baseline_device(args.baseline_device)
     if args.output:
         check_result_outputs(args.output, plot=not args.no_plot)
-    config = config_before_load(args.model_path)
-    if config is not None:  # before the weights load: a prompt past the context would OOM or run without end
-        check_context(config, args.input_tokens + args.output_tokens, "--input_tokens + --output_tokens")
-    lm = CausalLM(args.model_path, device=args.device, dtype=args.dtype)
-    check_context(lm.model.config, args.input_tokens + args.output_tokens, "--input_tokens + --output_tokens")
+    # before the weights load (minutes for 8B): a prompt past the context would OOM or run without end
+    lm = CausalLM(args.model_path, device=args.device, dtype=args.dtype, before_weights=lambda tokenizer, config:
+                  check_context(config, args.input_tokens + args.output_tokens, "--input_tokens + --output_tokens",
+                                tokenizer))
     output = Path(args.output or default_result_path(HERE, "benchmark", lm.spec, lm.device, lm.dtype_name))
     check_result_outputs(output, plot=not args.no_plot)
     prompts = random_prompts(lm, args.num_requests, args.input_tokens)

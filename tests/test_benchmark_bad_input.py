@@ -29,6 +29,13 @@ def no_model(bench, folder, monkeypatch):
     monkeypatch.setattr(bench, MODEL_CLASSES[folder], refuse)
 
 
+def no_weights(bench, monkeypatch):
+    """Loading the causal LM's weights fails the test: its tokenizer and config may load, the weights may not."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the bad input was refused")
+    monkeypatch.setitem(bench.CausalLM.__init__.__globals__, "load_weights", refuse)
+
+
 @pytest.mark.parametrize("folder", FOLDERS)
 def test_output_ending_in_png_would_be_overwritten_by_the_plot(folder, cli, capsys, tmp_path):
     bench = load_script(folder, "benchmark")
@@ -85,7 +92,7 @@ def test_oversize_setting_is_refused_before_the_model_loads(folder, argv, expect
 def test_minitron_context_is_checked_from_the_config_before_the_weights_load(
         input_tokens, output_tokens, positions, tiny_minitron, cli, capsys, tmp_path, monkeypatch):
     bench = load_script(MINITRON_FOLDER, "benchmark")
-    no_model(bench, MINITRON_FOLDER, monkeypatch)
+    no_weights(bench, monkeypatch)
     assert cli(bench, "--model_path", tiny_minitron, "--input_tokens", input_tokens, "--output_tokens",
                output_tokens, "--num_requests", 1, "--output", tmp_path / "bench.json") == 2
     message = one_line_error(capsys)
