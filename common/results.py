@@ -73,11 +73,7 @@ def check_writable(path: str | os.PathLike, flag: str = "--output") -> None:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder; give a file name")
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not _can_create_in(parent):
-        raise UserError(f"{flag} {path}: {parent} is not a writable folder; choose another path")
+    _check_can_create(path.parent, path, flag)
     if path.exists() and not os.access(path, os.W_OK):
         raise UserError(f"{flag} {path} exists and is read-only; choose another path or make it writable")
 
@@ -87,7 +83,12 @@ def check_output_folder(path: str | os.PathLike, flag: str = "--output") -> None
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} {path} is a file; pass a folder to write into")
-    existing = path
+    _check_can_create(path, path, flag)
+
+
+def _check_can_create(folder: Path, path: Path, flag: str) -> None:
+    """`folder` (made later if absent) can hold new files: its nearest existing ancestor is a writable folder."""
+    existing = folder
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir() or not _can_create_in(existing):
