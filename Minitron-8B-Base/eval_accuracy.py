@@ -161,7 +161,7 @@ def output_path(args) -> Path:
 
 def check_prompts_fit(tokenizer, config, prompts: list[str], max_new_tokens: int) -> None:
     """The longest probe prompt + --max_new_tokens must fit in the model's context: checked before any weights."""
-    longest = max(len(ids) for ids in tokenizer(prompts)["input_ids"])
+    longest = max(len(ids) for ids in tokenizer(prompts, verbose=False)["input_ids"])
     check_fits(longest, max_new_tokens, config, tokenizer, prompt="the longest probe prompt",
                fix="drop it from --file")
 

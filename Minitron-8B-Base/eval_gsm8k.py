@@ -302,7 +302,7 @@ def check_log_data(log: Path, config: dict, resume: bool) -> None:
 def check_prompts_fit(tokenizer, model_config, prompts: dict[int, str], args) -> None:
     """Every question's few-shot prompt + --max_new_tokens must fit in the model's context, checked before the
     weights load: a run must not fail at question 900, and a prompt is never cut to fit."""
-    lengths = dict(zip(prompts, (len(ids) for ids in tokenizer(list(prompts.values()))["input_ids"])))
+    lengths = dict(zip(prompts, (len(ids) for ids in tokenizer(list(prompts.values()), verbose=False)["input_ids"])))
     longest = max(lengths, key=lengths.get)
     check_fits(lengths[longest], args.max_new_tokens, model_config, tokenizer,
                prompt=f"the longest {args.num_fewshot}-shot prompt (question {longest})",

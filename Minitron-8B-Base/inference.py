@@ -379,7 +379,7 @@ def checked_prompt(args, tokenizer, config) -> str:
     """The model's input, refused before the weights load when it is empty or it and --max_new_tokens do not fit
     in the model's context."""
     text = prompt_text(tokenizer, args.prompt, args.chat)
-    tokens = len(tokenizer(text)["input_ids"])
+    tokens = len(tokenizer(text, verbose=False)["input_ids"])
     if tokens == 0:
         raise UserError(f"--prompt {args.prompt!r} gives no token; give the text to continue")
     check_fits(tokens, args.max_new_tokens, config, tokenizer)
