@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from common.errors import UserError
 
 MAX_N = 16  # choices per prompt: each is another row in the batch; OpenAI caps n at 128, vLLM at the batch size
-MAX_STOP_STRINGS = 4  # OpenAI's own limit on `stop`
+MAX_STOP_STRINGS = 16  # OpenAI caps `stop` at 4, vLLM not at all; lm-eval's local-completions sends its whole list
 MAX_PROMPTS = 256  # prompts (or embedding inputs) in one request: bounds one request's share of the server
 DATA_URL = re.compile(r"^data:(?P<mime>image/[\w.+-]+)?(?P<b64>;base64)?,(?P<data>.*)$", re.DOTALL)
 

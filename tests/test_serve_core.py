@@ -133,7 +133,8 @@ def test_max_tokens_length_and_several_prompts(toy):
     ({"prompt": "ab", "max_tokens": 0}, 422, "max_tokens"),
     ({"prompt": [], "max_tokens": 2}, 400, "empty"),
     ({"prompt": "ab", "n": 40}, 422, "n:"),
-    ({"prompt": "ab", "stop": ["a", "b", "c", "d", "e"]}, 400, "at most 4"),
+    ({"prompt": "ab", "stop": [chr(65 + i) for i in range(17)]}, 400, "at most 16"),
+    ({"prompt": "ab", "stop": ["a", ""]}, 400, "empty string"),
     ({"no_prompt": 1}, 422, "prompt"),
 ])
 def test_bad_requests_get_openai_errors(toy, body, status, words):
