@@ -223,20 +223,35 @@ class Batcher:
             start += len(prompts)
 
     def _generate(self, batch: list[Job]) -> None:
-        rows, prompts = [], []
+        parts = []  # (rows, prompts) per job
         for job in batch:
             prepared = self._prepare(job)
             if prepared is None or job.cancelled:
                 continue
             job.push("started", [p.token_count for p in prepared])
+            rows, prompts = [], []
             for index, prompt in enumerate(prepared):
                 for copy in range(job.n):
                     rows.append(Row(choice=index * job.n + copy, max_tokens=job.max_tokens, stops=job.stops,
                                     emit=job.emit_row, cancelled=lambda job=job: job.cancelled))
                     prompts.append(prompt)
-        if not rows:
-            return
-        first = batch[0]
+            parts.append((rows, prompts))
+        for rows, prompts in self._fitting_calls(parts):
+            self._run_generate(batch[0], rows, prompts)
+
+    def _fitting_calls(self, parts: list[tuple]) -> list[tuple]:
+        """One generate call for the batch, unless its longest prompt plus its largest max_tokens would pass the
+        context (each request was checked alone, but a shared batch is as wide as its longest prompt and runs as
+        long as its largest max_tokens, positions included): then one call per request, each of which fits."""
+        rows = [row for part in parts for row in part[0]]
+        prompts = [prompt for part in parts for prompt in part[1]]
+        limit = self.backend.max_model_len
+        if not rows or len(parts) == 1 or limit is None or (
+                max(p.token_count for p in prompts) + max(r.max_tokens for r in rows) <= limit):
+            return [(rows, prompts)] if rows else []
+        return parts
+
+    def _run_generate(self, first: Job, rows: list[Row], prompts: list) -> None:
         sampling = Sampling(first.temperature, first.top_p, max(row.max_tokens for row in rows), first.seed)
         if first.seed is not None:
             torch.manual_seed(first.seed)  # seeds every device torch knows (CUDA, NPU through torch_npu)

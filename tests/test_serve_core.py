@@ -200,6 +200,22 @@ def test_concurrent_requests_share_batches(tmp_path):
     assert max(sizes) > 1 and sum(sizes) == 10 and max(sizes) <= 8  # shared, never past --max-batch-size
 
 
+def test_a_shared_batch_never_runs_past_the_context(tmp_path):
+    """Each request fits alone (prompt + its max_tokens); together, the longest prompt and the largest max_tokens
+    would not: the batch is split into one call per request instead of failing (500) or cutting an answer."""
+    log = tmp_path / "batches.txt"
+    with start_toy("--max_wait_ms", "500", "--batch_log", str(log)) as server:
+        with ThreadPoolExecutor(2) as pool:
+            long_prompt = pool.submit(post, server.url, "/v1/completions",
+                                      {"prompt": "a" * 50, "max_tokens": 4, "temperature": 0})
+            long_answer = pool.submit(post, server.url, "/v1/completions",
+                                      {"prompt": "b", "max_tokens": 60, "temperature": 0})
+            answers = [long_prompt.result(), long_answer.result()]
+    assert [a[0] for a in answers] == [200, 200]
+    assert [a[1]["choices"][0]["text"] for a in answers] == ["aaaa", "b"]
+    assert log.read_text().split() == ["1", "1"]
+
+
 def _occupy(url: str, prompt: str = "abcdefghij", max_tokens: int = 10) -> threading.Thread:
     """A slow request in a thread (the toy sleeps per token), to hold the queue's one slot."""
     thread = threading.Thread(target=post, args=(url, "/v1/completions", {"prompt": prompt,
