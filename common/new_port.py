@@ -91,6 +91,8 @@ CHECKLIST = """> **Port checklist** (written by `python -m common.new_port --fro
 >       prints names the first module that diverges.
 > - [ ] Task eval on real data, set beside a published figure for this model (same split, same metric).
 > - [ ] Benchmark against the library a user would otherwise call: `python benchmark.py --device npu`.
+> - [ ] Serve it: `python serve.py --model_path {model} --device npu` answers the openai client (its backend
+>       class follows the model's own tokenizing and generate call), and `python -m common.bench_serve` under load.
 > - [ ] This readme: rewrite the description and the notes below for {name} (they still describe {source_name}),
 >       then `python -m common.report {name}` and `python -m common.report --overview`.
 """

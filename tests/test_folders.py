@@ -15,7 +15,7 @@ from common.results import RESULT_KINDS
 from conftest import REPO_ROOT, load_script, model_folders
 
 FOLDERS = [f.name for f in model_folders()]
-TEMPLATE_FILES = ("inference.py", "eval_accuracy.py", "benchmark.py", "readme.md")
+TEMPLATE_FILES = ("inference.py", "eval_accuracy.py", "benchmark.py", "serve.py", "readme.md")
 
 
 def scripts() -> list[tuple[str, str]]:
