@@ -40,12 +40,13 @@ log = logging.getLogger("common.serve")
 
 
 class EmbeddingBackend:
-    """What an embedding model's serve.py implements; all methods run in the one model thread."""
+    """What an embedding model's serve.py implements; every method but describe runs in the one model thread."""
     endpoints = ("embeddings",)
     max_model_len: int | None = None
 
     def describe(self) -> dict:
-        """{"source", "device", "dtype", ...} for /health and the load test's record."""
+        """{"source", "device", "dtype", ...} for /health and the load test's record. The one method called from
+        the event loop (by /health, /v1/models and the ready line): return what was settled at load time."""
         return {}
 
     def embedding_input(self, item: str | list[int]) -> Prompt:
@@ -58,7 +59,7 @@ class EmbeddingBackend:
 
 
 class GenerationBackend:
-    """What a generating model's serve.py implements; all methods run in the one model thread."""
+    """What a generating model's serve.py implements; every method but describe runs in the one model thread."""
     endpoints = ("completions", "chat")
     max_model_len: int | None = None
     default_max_tokens: int = 16
