@@ -214,9 +214,12 @@ class Batcher:
         flat = [prompt for _, prompts in prepared for prompt in prompts]
         if not flat:
             return
-        step = self.max_batch_size
-        vectors = np.concatenate([np.asarray(self.backend.embed(flat[i:i + step]), dtype=np.float32)
-                                  for i in range(0, len(flat), step)])
+        step, chunks = self.max_batch_size, []
+        for i in range(0, len(flat), step):
+            if all(job.cancelled for job, _ in prepared):  # every client left (or shutdown): stop between chunks
+                return
+            chunks.append(np.asarray(self.backend.embed(flat[i:i + step]), dtype=np.float32))
+        vectors = np.concatenate(chunks)
         start = 0
         for job, prompts in prepared:
             job.push("embeddings", vectors[start:start + len(prompts)], [p.token_count for p in prompts])
