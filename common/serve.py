@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import os
 import logging
 import socket
 import sys
@@ -101,9 +102,19 @@ def build_parser(description: str, default_name: str) -> ArgumentParser:
                         help="largest request body in MB; bigger ones are answered 413")
     parser.add_argument("--shutdown_timeout", type=positive_int, default=DEFAULT_SHUTDOWN_TIMEOUT_S,
                         help="seconds requests in flight get to finish after SIGTERM")
+    parser.add_argument("--threads", type=positive_int, default=default_threads(),
+                        help="torch CPU threads for the model (default: the cores but one, so the HTTP side keeps a "
+                             "core; on an accelerator they only run host-side work)")
     parser.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"],
                         help="uvicorn's log level (info: one access line per request)")
     return parser
+
+
+def default_threads() -> int:
+    """All cores but one: two torch threads on a 2-core machine made one MiniLM request 5-8x slower under load
+    (the threads stall whenever the event loop or a client takes a core; see all-MiniLM-L6-v2/readme.md)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - 1)
 
 
 def check_args(args) -> None:
@@ -151,6 +162,9 @@ def serve(args, make_backend: Callable[[], object]) -> int:
     check_args(args)
     sock = bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
+    import torch
+
+    torch.set_num_threads(args.threads)
     try:
         backend = make_backend()
         app = build_app(backend, args, url=f"http://{_url_host(host)}:{port}")

@@ -109,7 +109,8 @@ def build_app(backend, args, url: str) -> FastAPI:
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": name, "endpoints": list(backend.endpoints), **backend.describe(),
-                "max_batch_size": args.max_batch_size, "max_queue": args.max_queue, **batcher.stats()}
+                "max_batch_size": args.max_batch_size, "max_queue": args.max_queue, "max_wait_ms": args.max_wait_ms,
+                "threads": args.threads, **batcher.stats()}
 
     @app.get("/v1/models", dependencies=[Depends(authorized)])
     async def models():

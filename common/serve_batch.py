@@ -7,7 +7,8 @@ model thread talks back through each request's asyncio queue (`Job.push`, thread
 
 A batch is the oldest request plus every later one that can share its generate call (same sampling settings), up
 to --max-batch-size rows (a row is one choice of one prompt, or one embedding input). When fewer rows are waiting
-the worker waits at most --max-wait-ms for more: a bounded delay that lets concurrent clients share a batch.
+and the last batch had more than one row (clients are sending at once), the worker waits at most --max-wait-ms for
+more: a bounded delay that lets concurrent clients share a batch, and that a lone client never pays.
 Seeded requests run alone, so a seed gives the same answer whatever else arrived at the time.
 """
 from __future__ import annotations
@@ -80,6 +81,7 @@ class Batcher:
         self.pending: deque[Job] = deque()
         self.running: list[Job] = []
         self.admitted = 0
+        self.last_batch_rows = 0  # rows of the batch the worker last took: is the server seeing concurrent traffic?
         self.closing = False
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self.arrived: asyncio.Event | None = None
@@ -116,6 +118,7 @@ class Batcher:
             if not batch:
                 continue
             self.running = batch
+            self.last_batch_rows = sum(job.rows for job in batch)
             try:
                 await loop.run_in_executor(self.executor, self.execute, batch)
             finally:
@@ -152,6 +155,8 @@ class Batcher:
         while not self.pending:
             self.arrived.clear()
             await self.arrived.wait()
+        if self.last_batch_rows <= 1:
+            return  # light traffic (the last batch had one row): waiting would only add latency to a lone request
         deadline = asyncio.get_running_loop().time() + self.max_wait_s
         while self._ready_rows() < self.max_batch_size:
             left = deadline - asyncio.get_running_loop().time()

@@ -62,12 +62,13 @@ def is_error(body: dict, status: int) -> bool:
 # ---- one server for the request-level checks ----
 @pytest.fixture(scope="module")
 def toy():
-    with start_toy("--api_key", "sekret", "--max_body_mb", "0.01") as server:
+    with start_toy("--api_key", "sekret", "--max_body_mb", "0.01", "--threads", "1") as server:
         yield server
 
 
 def test_health_models_and_auth(toy):
-    assert get(toy.url, "/health")[1]["status"] == "ok"  # no key needed: load balancers probe it
+    health = get(toy.url, "/health")[1]  # no key needed: load balancers probe it
+    assert health["status"] == "ok" and health["threads"] == 1 and health["max_wait_ms"] == 5.0
     status, body = get(toy.url, "/v1/models")
     assert status == 401 and is_error(body, 401)
     status, body = get(toy.url, "/v1/models", key="wrong")
