@@ -6,6 +6,7 @@ checks it exited 0, so every test that uses it also checks the clean shutdown.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -13,6 +14,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -92,3 +95,42 @@ def run_serve(folder: str, args: list[str], timeout: float = 120, script: str = 
     """serve.py run to completion (for refusals: exit 2 and one error line before anything starts)."""
     return subprocess.run(server_command(folder, list(args), script), cwd=ROOT / folder, capture_output=True, text=True,
                           timeout=timeout)
+
+
+# ---- raw HTTP, beside the openai client: statuses and bytes exactly as the server sent them ----
+def post(url: str, path: str, body=None, key: str | None = None, raw: bytes | None = None,
+         content_type: str = "application/json", timeout: float = 120) -> tuple[int, dict, dict]:
+    """(status, JSON body, headers with lower-case names) of a POST; error statuses are answers, not exceptions.
+    `raw` sends those bytes instead of `body` as JSON; `key` goes in an Authorization: Bearer header."""
+    data = raw if raw is not None else json.dumps(body).encode()
+    headers = {"Content-Type": content_type, **({"Authorization": f"Bearer {key}"} if key else {})}
+    request = urllib.request.Request(url + path, data=data, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read()), _lower_keys(response.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read()), _lower_keys(exc.headers)
+
+
+def get(url: str, path: str, key: str | None = None, timeout: float = 30) -> tuple[int, dict]:
+    """(status, JSON body) of a GET."""
+    request = urllib.request.Request(url + path, headers={"Authorization": f"Bearer {key}"} if key else {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def sse_lines(url: str, body: dict, timeout: float = 120) -> list[str]:
+    """The non-empty lines of a streamed POST /v1/completions (one `data: ...` line per event), after checking the
+    answer is an event stream."""
+    request = urllib.request.Request(url + "/v1/completions", data=json.dumps({**body, "stream": True}).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        assert response.headers["Content-Type"].startswith("text/event-stream"), response.headers["Content-Type"]
+        return [line for line in response.read().decode().split("\n") if line]
+
+
+def _lower_keys(headers) -> dict:
+    return {name.lower(): value for name, value in headers.items()}

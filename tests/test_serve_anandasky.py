@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import random
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -22,7 +19,7 @@ from PIL import Image, ImageDraw
 
 from common.serve_api import ChatMessage
 from conftest import ANANDASKY_FOLDER, load_script
-from serving import ROOT, run_serve, start_server
+from serving import ROOT, post, run_serve, start_server
 
 openai = pytest.importorskip("openai")
 FOLDER = ANANDASKY_FOLDER
@@ -48,20 +45,10 @@ def image_message(data: bytes, prompt: str | None = None) -> list[dict]:
     return parts + ([{"type": "text", "text": prompt}] if prompt is not None else [])
 
 
-def post(url: str, path: str, body: dict, key: str | None = KEY, raw: bytes | None = None) -> tuple[int, dict]:
-    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
-    request = urllib.request.Request(url + path, data=raw if raw is not None else json.dumps(body).encode(),
-                                     headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
 
 def chat_error(server, content, status: int = 400, **extra) -> str:
     body = {"messages": [{"role": "user", "content": content}], "max_tokens": 2, **extra}
-    code, answer = post(server.url, "/v1/chat/completions", body)
+    code, answer, _ = post(server.url, "/v1/chat/completions", body, key=KEY)
     assert code == status, answer
     return answer["error"]["message"]
 
@@ -230,7 +217,7 @@ def test_body_past_max_body_mb_is_413(server):
 
 
 def test_conversations_and_context_overflow_are_refused(server, ocr):
-    code, body = post(server.url, "/v1/chat/completions", {"max_tokens": 2, "messages": [
+    code, body, _ = post(server.url, "/v1/chat/completions", key=KEY, body={"max_tokens": 2, "messages": [
         {"role": "system", "content": "You read text."}, {"role": "user", "content": "hi"}]})
     assert code == 400 and "one user message" in body["error"]["message"]
     limit = ocr.processor.context_length

@@ -5,18 +5,15 @@ generic statuses (401, 400, 422, 413, 503 + Retry-After) and serve.py's one-line
 from __future__ import annotations
 
 import base64
-import json
 import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
 
 from conftest import load_script
-from serving import run_serve, start_server
+from serving import get, post, run_serve, start_server
 
 openai = pytest.importorskip("openai")
 FOLDER = "all-MiniLM-L6-v2"
@@ -26,32 +23,6 @@ TEXTS = ["A man is eating food.", "A man eats something.",
          "The new movie is awesome and everybody in the cinema laughed a lot during the whole evening.", "Hi"]
 LONG_TEXT = "word " * 300  # ~300 tokens: past all-MiniLM-L6-v2's 256
 SLOW_INPUTS = 32  # 250-token inputs, one forward pass each: ~1 s on an idle CPU, long enough to hold the one slot
-
-
-def post(url: str, path: str, body=None, key: str | None = None, raw: bytes | None = None,
-         timeout: float = 120) -> tuple[int, dict, dict]:
-    """(status, JSON body, headers with lower-case names) of a POST; error statuses are answers, not exceptions."""
-    data = raw if raw is not None else json.dumps(body).encode()
-    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
-    request = urllib.request.Request(url + path, data=data, headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read()), lower_keys(response.headers)
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read()), lower_keys(exc.headers)
-
-
-def lower_keys(headers) -> dict:
-    return {key.lower(): value for key, value in headers.items()}
-
-
-def get(url: str, path: str, key: str | None = None) -> tuple[int, dict]:
-    request = urllib.request.Request(url + path, headers={"Authorization": f"Bearer {key}"} if key else {})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 def error_message(body: dict, status: int) -> str:

@@ -5,16 +5,13 @@ equals each prompt alone (left padding), streaming, stop strings, seeded n=2, us
 template (SmolLM2) and its absence (the tiny base model), image parts refused."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 
 import pytest
 
 from conftest import MINITRON_FOLDER, load_script
-from serving import ROOT, run_serve, start_server
+from serving import ROOT, post, run_serve, sse_lines, start_server
 
 openai = pytest.importorskip("openai")
 FOLDER = MINITRON_FOLDER
@@ -22,21 +19,6 @@ PROMPTS = ["The three most important inventions of the twentieth century are", "
 MAX_TOKENS = 8
 
 
-def post(url: str, path: str, body: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(url + path, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
-def raw_stream(url: str, body: dict) -> list[str]:
-    request = urllib.request.Request(url + "/v1/completions", data=json.dumps({**body, "stream": True}).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
-    with urllib.request.urlopen(request, timeout=120) as response:
-        return [line for line in response.read().decode().split("\n") if line]
 
 
 def client(server):
@@ -48,8 +30,8 @@ def greedy(server, prompt, max_tokens: int = MAX_TOKENS, **extra):
                                              temperature=0, **extra)
 
 
-def error_message(status_body: tuple[int, dict], status: int = 400) -> str:
-    code, body = status_body
+def error_message(answer: tuple[int, dict, dict], status: int = 400) -> str:
+    code, body, _ = answer
     assert code == status, body
     assert body["error"]["code"] == status
     return body["error"]["message"]
@@ -114,7 +96,7 @@ def test_stream_deltas_equal_the_whole_text(tiny):
     chunks = list(greedy(tiny, PROMPTS[0], stream=True))
     assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.text
     assert chunks[-1].choices[0].finish_reason == whole.finish_reason
-    lines = raw_stream(tiny.url, {"prompt": PROMPTS[0], "max_tokens": 3, "temperature": 0})
+    lines = sse_lines(tiny.url, {"prompt": PROMPTS[0], "max_tokens": 3, "temperature": 0})
     assert lines[-1] == "data: [DONE]" and all(line.startswith("data: ") for line in lines)
 
 

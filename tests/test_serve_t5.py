@@ -10,14 +10,12 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from urllib.parse import urlparse
 
 import pytest
 
 from conftest import REPO_ROOT, T5_FOLDER, load_script
-from serving import start_server
+from serving import post, sse_lines, start_server
 from test_t5_generality import build_variant
 
 HANG_GUARD_S = 120  # a freed slot is answered at once; this only keeps a broken server from hanging the suite
@@ -32,18 +30,9 @@ CONVERSATION = [{"role": "system", "content": "A chat about trains."},
                 {"role": "user", "content": "Where is the station?"}]
 
 
-def post(url: str, path: str, body: dict, timeout: float = 120) -> tuple[int, dict]:
-    request = urllib.request.Request(url + path, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
 
 def refused(url: str, path: str, body: dict) -> str:
-    status, answer = post(url, path, body)
+    status, answer, _ = post(url, path, body)
     assert status == 400 and answer["error"]["code"] == 400, answer
     return answer["error"]["message"]
 
@@ -129,13 +118,7 @@ def test_stream_equals_the_whole_answer(server):
 
 
 def test_raw_sse_lines_end_with_done(server):
-    request = urllib.request.Request(server.base_url + "/completions", method="POST",
-                                     data=json.dumps({"prompt": PROMPTS[0], "max_tokens": 4, "temperature": 0,
-                                                      "stream": True}).encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=120) as response:
-        assert response.headers["Content-Type"].startswith("text/event-stream")
-        events = [line for line in response.read().decode().split("\n\n") if line]
+    events = sse_lines(server.url, {"prompt": PROMPTS[0], "max_tokens": 4, "temperature": 0})
     assert all(event.startswith("data: ") for event in events) and events[-1] == "data: [DONE]"
     chunks = [json.loads(event[len("data: "):]) for event in events[:-1]]
     assert chunks[-1]["choices"][0]["finish_reason"] == "length" and chunks[0]["object"] == "text_completion"
@@ -183,7 +166,7 @@ def test_refusals_name_the_limit(server):
     image = {"role": "user", "content": [{"type": "text", "text": "What is this?"},
                                          {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}
     assert "text only" in refused(server.url, "/v1/chat/completions", {"messages": [image]})
-    status, answer = post(server.url, "/v1/embeddings", {"input": "Hi"})
+    status, answer, _ = post(server.url, "/v1/embeddings", {"input": "Hi"})
     assert status == 400 and "/v1/completions" in answer["error"]["message"]
 
 
@@ -212,7 +195,7 @@ def test_a_client_leaving_mid_stream_frees_its_slot(tiny_t5):
         open_stream_and_leave(server.url, long)
         deadline = time.monotonic() + HANG_GUARD_S
         while True:
-            status, answer = post(server.url, "/v1/completions", {"prompt": "Hi", "max_tokens": 2})
+            status, answer, _ = post(server.url, "/v1/completions", {"prompt": "Hi", "max_tokens": 2})
             if status != 503:
                 break
             assert time.monotonic() < deadline, "the slot of the client that left was never freed"
