@@ -19,10 +19,8 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
-import logging
 import socket
 import sys
-import time
 from typing import Callable
 
 from common.errors import ArgumentParser, UserError, positive_int
@@ -35,9 +33,6 @@ DEFAULT_MAX_QUEUE = 256  # requests queued or running; beyond, 503 tells clients
 DEFAULT_MAX_WAIT_MS = 5.0  # how long a part-full batch waits for more requests: small next to any model call
 DEFAULT_MAX_BODY_MB = 1.0  # request body cap; raise it for AnandaSky page images sent as data URLs
 DEFAULT_SHUTDOWN_TIMEOUT_S = 30  # on SIGTERM, how long requests in flight may take before they are failed
-RETRY_AFTER_S = 1  # the Retry-After of a 503: one batch is usually done by then
-
-log = logging.getLogger("common.serve")
 
 
 class EmbeddingBackend:
@@ -201,18 +196,6 @@ class _Server:
                 await super().shutdown(sockets)
 
         return Server(config)
-
-
-def ready_line(name: str, url: str, backend) -> str:
-    described = backend.describe()
-    where = ", ".join(str(described[k]) for k in ("device", "dtype") if k in described)
-    from common.serve_app import ROUTES
-
-    return f"ready: serving {name!r} at {url} ({where}; {', '.join(ROUTES[e] for e in backend.endpoints)})"
-
-
-def started_at() -> int:
-    return int(time.time())
 
 
 if __name__ == "__main__":

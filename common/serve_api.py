@@ -20,6 +20,7 @@ from common.errors import UserError
 
 MAX_N = 16  # choices per prompt: each is another row in the batch; OpenAI caps n at 128, vLLM at the batch size
 MAX_STOP_STRINGS = 16  # OpenAI caps `stop` at 4, vLLM not at all; lm-eval's local-completions sends its whole list
+RETRY_AFTER_S = 1  # the Retry-After of a 503: one batch is usually done by then
 MAX_PROMPTS = 256  # prompts (or embedding inputs) in one request: bounds one request's share of the server
 DATA_URL = re.compile(r"^data:(?P<mime>image/[\w.+-]+)?(?P<b64>;base64)?,(?P<data>.*)$", re.DOTALL)
 
@@ -174,6 +175,16 @@ def usage(prompt_tokens: int, completion_tokens: int | None = None) -> dict:
         return {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens}
+
+
+class ApiError(Exception):
+    """An HTTP error answered as OpenAI's error object; a 503 tells the client when to retry."""
+
+    def __init__(self, status: int, message: str, headers: dict | None = None):
+        super().__init__(message)
+        if status == 503 and headers is None:
+            headers = {"Retry-After": str(RETRY_AFTER_S)}
+        self.status, self.message, self.headers = status, message, headers
 
 
 def error_body(status: int, message: str, param: str | None = None) -> dict:

@@ -14,19 +14,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from common.errors import UserError
-from common.serve_api import (ChatRequest, CompletionRequest, EmbeddingRequest, error_body, now,
+from common.serve_api import (ApiError, ChatRequest, CompletionRequest, EmbeddingRequest, error_body, now,
                               prompt_list, unsupported_options, usage)
 from common.serve_batch import Batcher, Job, Overloaded
+from common.serve_stream import collect, next_event, stream
 
 ROUTES = {"embeddings": "/v1/embeddings", "completions": "/v1/completions", "chat": "/v1/chat/completions"}
-DISCONNECT_POLL_S = 0.5  # how often a waiting non-streamed request checks whether its client is still there
 log = logging.getLogger("common.serve")
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers
 
 
 def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -80,8 +74,6 @@ def build_app(backend, args, url: str) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app):
         batcher.start()
-        from common.serve import ready_line
-
         sys.stderr.write(ready_line(name, url, backend) + "\n")
         sys.stderr.flush()
         yield
@@ -149,8 +141,6 @@ def build_app(backend, args, url: str) -> FastAPI:
         max_tokens = body.max_tokens or body.max_completion_tokens or backend.default_max_tokens
         job = Job(kind, items, asyncio.get_running_loop(), n=body.n, max_tokens=max_tokens, stops=body.stop_list(),
                   temperature=body.temperature, top_p=body.top_p, seed=body.seed)
-        from common.serve_stream import collect, stream
-
         if body.stream:
             first = await run_job(batcher, job, request, release=False)  # errors before any byte is sent
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -173,25 +163,21 @@ async def run_job(batcher: Batcher, job: Job, request: Request, release: bool = 
     try:
         batcher.admit(job)
     except Overloaded as exc:
-        from common.serve import RETRY_AFTER_S
-
-        raise ApiError(503, str(exc), headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+        raise ApiError(503, str(exc)) from None
     done = False
     try:
-        while True:
-            try:
-                event = await asyncio.wait_for(job.events.get(), DISCONNECT_POLL_S)
-                break
-            except asyncio.TimeoutError:
-                if await request.is_disconnected():
-                    raise asyncio.CancelledError("client disconnected") from None
-        if event[0] == "error":
-            raise ApiError(event[1], event[2], headers={"Retry-After": "1"} if event[1] == 503 else None)
+        event = await next_event(job, request)
         done = True
         return event
     finally:
         if release or not done:
             batcher.release(job)
+
+
+def ready_line(name: str, url: str, backend) -> str:
+    described = backend.describe()
+    where = ", ".join(str(described[k]) for k in ("device", "dtype") if k in described)
+    return f"ready: serving {name!r} at {url} ({where}; {', '.join(ROUTES[e] for e in backend.endpoints)})"
 
 
 def encode_vector(vector, encoding_format: str):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 
-from common.serve_api import error_body, new_id, now, usage
+from common.serve_api import ApiError, error_body, new_id, now, usage
+
+DISCONNECT_POLL_S = 0.5  # how often a waiting non-streamed request checks whether its client is still there
 
 OBJECTS = {"completions": ("cmpl", "text_completion", "text_completion"),
            "chat": ("chatcmpl", "chat.completion", "chat.completion.chunk")}  # id prefix, response, stream chunk
@@ -19,13 +21,10 @@ def _choice(kind: str, index: int, text: str, finish: str | None, streamed: bool
     return {"index": index, **body, "logprobs": None, "finish_reason": finish}
 
 
-async def collect(job, started: tuple, kind: str, model: str, request) -> dict:
-    """The whole answer once every choice finished. A client that leaves meanwhile stops its rows."""
-    from common.serve_app import DISCONNECT_POLL_S, ApiError
-
-    prompt_counts = started[1]
-    finished: dict[int, tuple] = {}
-    while len(finished) < len(prompt_counts) * job.n:
+async def next_event(job, request) -> tuple:
+    """The job's next event; an error event is raised as its ApiError, and a client that left raises
+    CancelledError (so the caller's cleanup frees the slot and stops the rows)."""
+    while True:
         try:
             event = await asyncio.wait_for(job.events.get(), DISCONNECT_POLL_S)
         except asyncio.TimeoutError:
@@ -34,6 +33,15 @@ async def collect(job, started: tuple, kind: str, model: str, request) -> dict:
             continue
         if event[0] == "error":
             raise ApiError(event[1], event[2])
+        return event
+
+
+async def collect(job, started: tuple, kind: str, model: str, request) -> dict:
+    """The whole answer once every choice finished. A client that leaves meanwhile stops its rows."""
+    prompt_counts = started[1]
+    finished: dict[int, tuple] = {}
+    while len(finished) < len(prompt_counts) * job.n:
+        event = await next_event(job, request)
         if event[0] == "finish":
             _, choice, reason, _, text, tokens = event
             finished[choice] = (text, reason, tokens)
