@@ -27,11 +27,11 @@ import numpy as np
 import torch
 
 from common.device import peak_memory, reset_peak_memory, synchronize
-from common.errors import ArgumentParser, UserError, check_at_most, non_negative_int, positive_int, run_main
-from common.results import default_result_path, model_tag, result_record, save_figure, write_json
-from common.timing import (BASELINE_DTYPE, Stopwatch, add_baseline_device_arg, add_device_vs_cpu, attach_baseline,
-                           baseline_record, check_result_outputs, ratio_text, resolve_baseline_device, speed_ratio,
-                           summarize)
+from common.cli import ArgumentParser, UserError, check_at_most, non_negative_int, positive_int, run_main
+from common.results import check_result_outputs, default_result_path, model_tag, result_record, save_figure, write_json
+from common.bench import (BASELINE_DTYPE, add_baseline_device_arg, add_device_vs_cpu, attach_baseline,
+                          baseline_record, ratio_text, resolve_baseline_device, speed_ratio)
+from common.timing import Stopwatch, summarize
 from inference import DEFAULT_PROMPT, AnandaSkyOCR, add_model_args
 from processor import MAX_INPUT_PIXELS
 

@@ -6,17 +6,17 @@
 
 The model under test and a CPU float32 reference read the same fixed inputs: text rendered in-script (a wide line,
 a small label, a three-line block; EVAL_TEXTS) plus any --image, each with --prompt and a second prompt. Two parts,
-compared with common.metrics.parity in float64 against the dtype's thresholds; both must pass:
+compared with common.parity.parity in float64 against the dtype's thresholds; both must pass:
   vision: the vision encoder + bridge output of every patch (the code that replaced flash_attn_varlen_func);
   logits: the prefill logits at the text positions (rel L2, worst-row cosine, top-1, KL). The <|image_pad|>
           positions are left out: nothing reads their logits (generation continues from the last position, training
           masks them with -100), so in a trained model they are untrained, near-flat noise whose top-1 is decided by
           rounding. Their effect on the text is still scored: every later text position attends to the image.
 With --remote_code the model under test runs the weights folder's own modeling code (behind
-common.flash_attn_compat.install()), while the reference stays on this folder's patched code: the upstream code on
+common.porting.flash_attn_compat.install()), while the reference stays on this folder's patched code: the upstream code on
 the device checked against the port. The record says which code each side ran (code_source, reference_code_source).
 Writes a parity result record (JSON); exit 0 on PASS, 1 on FAIL.
-Diagnosis (common.diagnose), on the first input (rendered image + prompt): --trace_ops (every aten op of the prefill
+Diagnosis (common.diagnostics.eval_hooks), on the first input (rendered image + prompt): --trace_ops (every aten op of the prefill
 on the device, CPU fallbacks, host syncs) and --locate (vision tower, bridge and decoder, module by module against
 the reference; automatic after a FAIL).
 """
@@ -28,10 +28,10 @@ from pathlib import Path
 
 import torch
 
-from common.diagnose import Probe, add_diagnosis_args, locate_if_needed, trace_if_asked
+from common.diagnostics.eval_hooks import Probe, add_diagnosis_args, locate_if_needed, trace_if_asked
 from common.device import dtype_name, resolve_device, resolve_dtype
-from common.errors import ArgumentParser, run_main
-from common.metrics import format_parity, parity, verdict
+from common.cli import ArgumentParser, run_main
+from common.parity import format_parity, parity, verdict
 from common.results import check_outputs, default_result_path, result_record, write_json
 from inference import (DEFAULT_PROMPT, MODEL_NAME, AnandaSkyOCR, add_model_args, check_lengths, load_processor,
                        read_image, resolve_folder, valid_prompt)

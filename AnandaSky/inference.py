@@ -18,8 +18,8 @@ modeling file inside the weights folder: the upstream file there needs flash_att
 
     python inference.py --model_path models/AnandaSky --remote_code --image line.png
 
-It needs config.json's auto_map to name a modeling file that is in the folder, lints that code (common.lint_port:
-which findings `common.flash_attn_compat.install()` covers, which still need attention, on stderr), installs the
+It needs config.json's auto_map to name a modeling file that is in the folder, lints that code (common.diagnostics.lint:
+which findings `common.porting.flash_attn_compat.install()` covers, which still need attention, on stderr), installs the
 flash_attn stand-in and loads with trust_remote_code, refusing any missing or unexpected weight. The processor is
 this folder's processor.py either way.
 
@@ -44,15 +44,15 @@ from pathlib import Path
 import torch
 
 from common.device import dtype_name, resolve_device, resolve_dtype
-from common.diagnose import add_diagnosis_args
-from common.errors import ArgumentParser, UserError, first_line, positive_int, run_main
+from common.diagnostics.eval_hooks import add_diagnosis_args
+from common.cli import ArgumentParser, UserError, first_line, positive_int, run_main
 from common.model_path import check_weights
 from common.strict_load import load_strictly
 from modeling_anandasky_patched import AnandaSkyForConditionalGeneration
 from processor import AnandaSkyProcessor, ImageError, check_prompt, load_image, probe_image
 from remote_code import PATCHED_CODE, load_remote_model, prepare_remote_code, remote_code_files
 
-# The port's identity: `python -m common.new_port` rewrites these lines when it copies this folder.
+# The port's identity: `python -m common.porting.new_port` rewrites these lines when it copies this folder.
 MODEL_NAME = "AnandaSky"  # headings, messages, result labels
 DEFAULT_MODEL = "$ANANDASKY_MODEL_PATH"  # --model_path default: this environment variable, read at run time
 MODEL_FAMILY = "custom"  # sentence-transformers | seq2seq | causal-lm | (AnandaSky: custom)
@@ -168,7 +168,7 @@ def check_image(source) -> tuple[int, int]:
 class AnandaSkyOCR:
     """Images -> recognised text with the AnandaSky VLM: `recognize(images)`, and `logits(image)` for parity.
     remote_code=True runs the weights folder's own modeling code (see the module docstring); `code_source` says
-    which code runs, `remote_code_findings` what common.lint_port found in the folder's code."""
+    which code runs, `remote_code_findings` what common.diagnostics.lint found in the folder's code."""
 
     def __init__(self, model_path=None, device: str = "auto", dtype: str = "auto", remote_code: bool = False):
         self.device = resolve_device(device)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from common.errors import ArgumentParser, UserError, run_main
+from common.cli import ArgumentParser, UserError, run_main
 from common.results import check_output_folder
 from common.results import mark_test_checkpoint
 from modeling_anandasky_patched import AnandaSkyConfig, AnandaSkyForConditionalGeneration

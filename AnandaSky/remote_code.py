@@ -4,8 +4,8 @@ stand-in, loaded strictly.
     python inference.py --model_path models/AnandaSky --remote_code --image line.png
 
 The upstream AnandaSky code imports flash_attn (NVIDIA-only). This module checks that config.json's auto_map names
-a modeling file inside the weights folder, lints that code with common.lint_port and says, on stderr, which findings
-`common.flash_attn_compat.install()` covers (a flash_attn import or use that resolves once the stand-in is
+a modeling file inside the weights folder, lints that code with common.diagnostics.lint and says, on stderr, which findings
+`common.porting.flash_attn_compat.install()` covers (a flash_attn import or use that resolves once the stand-in is
 installed) and which still need attention (an autocast tied to the CUDA device type, host syncs, ...), installs the
 stand-in, and loads the model with trust_remote_code, refusing any missing, unexpected or mismatched weight.
 inference.AnandaSkyOCR(remote_code=True) calls it; without the flag the folder's code never runs.
@@ -22,14 +22,14 @@ from pathlib import Path
 
 import torch
 
-from common.errors import UserError, first_line
+from common.cli import UserError, first_line
 from common.strict_load import load_strictly
 
 PATCHED_CODE = "modeling_anandasky_patched.py"  # the code used without --remote_code (this folder's own)
 # "module.Class": a file beside config.json; no path parts, so a reference cannot reach outside the folder
 AUTO_MAP_REFERENCE = re.compile(r"[A-Za-z_]\w*\.[A-Za-z_]\w*")
 REMOTE_AUTO_CLASSES = ("AutoModelForCausalLM", "AutoModel")  # auto_map entries --remote_code loads, first found wins
-COMPAT_RULE = "flash-attn"  # common.lint_port's rule for flash_attn use: the only one the compatibility layer covers
+COMPAT_RULE = "flash-attn"  # common.diagnostics.lint's rule for flash_attn use: the only one the compatibility layer covers
 COMPAT_NAME = "flash_attn_compat.install()"  # what covers it, as the summary and the findings' covered_by say
 
 
@@ -79,10 +79,10 @@ def _resolves(dotted: str) -> bool:
 
 
 def lint_remote_code(folder: Path, files: list[Path], covered_by: str) -> list[dict]:
-    """common.lint_port findings in the folder's code, as dicts with the path relative to the folder, the flagged
+    """common.diagnostics.lint findings in the folder's code, as dicts with the path relative to the folder, the flagged
     source line (`code`) and `covered_by`: set for a flash_attn import or use that resolves now (the stand-in
     installed), None for everything that still needs attention."""
-    from common.lint_port import lint_paths
+    from common.diagnostics.lint import lint_paths
 
     sources, out = {}, []
     for finding in lint_paths(files):
@@ -105,7 +105,7 @@ def format_remote_code(folder: Path, code_source: str, findings: list[dict]) -> 
     todo = [f for f in findings if not f["covered_by"]]
     counts = f"{len(findings)} finding(s): {len(covered)} covered, {len(todo)} need attention" if findings else "clean"
     out = [f"--remote_code: running {code_source.split(': ', 1)[-1]} from {folder} (the weights folder's own code); "
-           f"common.lint_port: {counts}"]
+           f"common.diagnostics.lint: {counts}"]
     if covered:
         out.append(f"  covered by {covered[0]['covered_by']}:")
         out += [f"    {f['path']}:{f['line']}: {f['code']}" for f in covered]
@@ -118,7 +118,7 @@ def format_remote_code(folder: Path, code_source: str, findings: list[dict]) -> 
 def prepare_remote_code(folder: Path) -> tuple[str, str, list[dict]]:
     """Before the folder's code is imported: (auto class, code_source, lint findings); the flash_attn stand-in
     installed, the summary written to stderr."""
-    from common import flash_attn_compat
+    from common.porting import flash_attn_compat
 
     auto_class, files = remote_code_files(folder)
     # install() leaves a real, importable flash_attn alone: then that package is what the imports get

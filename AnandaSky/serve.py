@@ -11,7 +11,7 @@ is a Qwen3 text model and runs without pixel values. /v1/completions continues r
 does for a vision-language model. An image over processor.MAX_INPUT_PIXELS is refused from its header before it is
 decoded; raise --max-body-mb (default 1) for page scans. The prompt with its image tokens plus max_tokens must fit
 the decoder's context (config.json text_config.max_position_embeddings). --remote_code runs the weights folder's
-own modeling code, as in inference.py. Shared serving flags (--port, --api-key, ...): common/serve.py.
+own modeling code, as in inference.py. Shared serving flags (--port, --api-key, ...): common/serving/server.py.
 """
 from __future__ import annotations
 
@@ -20,10 +20,12 @@ import sys
 
 import torch
 
-from common.errors import UserError, run_main
-from common.serve import ChatMessage, GenerationBackend, Prompt, Sampling, build_parser as serving_parser, serve
-from common.serve_api import message_images, message_text
-from common.serve_gen import hf_sampling
+from common.cli import UserError, run_main
+from common.serving.backend import GenerationBackend, Prompt, Sampling
+from common.serving.server import build_parser as serving_parser
+from common.serving.server import serve
+from common.serving.protocol import ChatMessage, message_images, message_text
+from common.serving.generation import hf_sampling
 from inference import (DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, AnandaSkyOCR, add_model_args, read_image,
                        remote_code_files, resolve_folder, valid_prompt)
 from processor import IM_END, IM_START, IMAGE_PAD, VISION_END, VISION_START
@@ -33,7 +35,7 @@ MAX_IMAGES_PER_MESSAGE = 1  # the processor's chat format holds one image per pr
 
 
 class AnandaSkyBackend(GenerationBackend):
-    """AnandaSkyOCR behind common.serve: each prompt is prepared once (image decoded and patched, ids tokenized),
+    """AnandaSkyOCR behind common.serving.server: each prompt is prepared once (image decoded and patched, ids tokenized),
     rows are packed into one left-padded batch for one generate call."""
     default_max_tokens = DEFAULT_MAX_NEW_TOKENS
 

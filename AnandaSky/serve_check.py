@@ -35,7 +35,7 @@ import urllib.request
 import warnings
 from pathlib import Path
 
-from common.errors import ArgumentParser, UserError, positive_int, run_main
+from common.cli import ArgumentParser, UserError, positive_int, run_main
 
 DEFAULT_TIMEOUT_S = 60  # per request; a cold server's first image request can take a while
 TEXT_PROMPT = "Reply with the word OK."

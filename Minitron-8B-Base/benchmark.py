@@ -18,7 +18,7 @@ processors; on CPU with inductor freezing and the C++ wrapper). Compilation runs
 separately. Both paths decode by plain argmax (the checkpoint's generation_config processors, such as Qwen2.5's
 repetition penalty, are switched off for `generate`), so both must give the same tokens. The identical requests are
 counted, and where two continuations part, both paths are replayed teacher-forced on generate's tokens: the parting
-must start at a near-tie (common.metrics.near_tie, the rule every parity check here shares: generate's margin
+must start at a near-tie (common.parity.near_tie, the rule every parity check here shares: generate's margin
 between the two tokens is within NEAR_TIE_FACTOR x the largest difference between the two paths' logits there).
 The copy bandwidth of a 256 MiB tensor is measured too: weights / bandwidth bounds the decode step from below.
 --output_tokens must be >= 2: with one token there is no decode step, so TPOT, ITL and the decode speed-up (the
@@ -37,12 +37,12 @@ import numpy as np
 import torch
 
 from common.device import empty_cache, peak_memory, reset_peak_memory, synchronize
-from common.errors import ArgumentParser, UserError, check_at_most, non_negative_int, positive_int, run_main
-from common.metrics import NEAR_TIE_FACTOR, first_divergence, near_tie
-from common.results import default_result_path, model_tag, result_record, save_figure, write_json
-from common.timing import (BASELINE_DTYPE, add_baseline_device_arg, add_device_vs_cpu, attach_baseline,
-                           baseline_record, check_result_outputs, copy_bandwidth_gbs, ratio_text,
-                           request_aggregate, request_metrics, resolve_baseline_device)
+from common.cli import ArgumentParser, UserError, check_at_most, non_negative_int, positive_int, run_main
+from common.parity import NEAR_TIE_FACTOR, first_divergence, near_tie
+from common.results import check_result_outputs, default_result_path, model_tag, result_record, save_figure, write_json
+from common.bench import (BASELINE_DTYPE, add_baseline_device_arg, add_device_vs_cpu, attach_baseline,
+                          baseline_record, ratio_text, request_aggregate, request_metrics, resolve_baseline_device)
+from common.timing import copy_bandwidth_gbs
 from inference import CausalLM, add_model_args, check_context, plain_greedy
 
 HERE = Path(__file__).resolve().parent

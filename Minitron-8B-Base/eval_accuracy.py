@@ -6,14 +6,14 @@
 Both sides get the same token ids (tokenized once), in batches of PARITY_BATCH_SIZE prompts of mixed lengths,
 left-padded as inference.CausalLM pads them, with position ids counted from each row's first real token, so a
 padded row computes what it would alone (models with learned position tables, like GPT-2, depend on it).
-  (a) prefill_logits: the logits at every real prompt position; common.metrics.parity(logits=True): rel L2, worst
+  (a) prefill_logits: the logits at every real prompt position; common.parity.parity(logits=True): rel L2, worst
       row cosine, top-1 agreement, KL(ref || test), with the dtype's thresholds.
   (b) generation: --max_new_tokens greedy tokens on both sides (plain argmax: the checkpoint's generation_config
       processors are off, see inference.plain_greedy), then both models teacher-forced on the reference's
-      sequences; common.metrics.greedy_parity: every divergence must start at a near-tie of the reference (its
+      sequences; common.parity.greedy_parity: every divergence must start at a near-tie of the reference (its
       margin within NEAR_TIE_FACTOR x the logit error at that position), and enough sequences must match exactly.
 PASS needs both parts; exit 1 on FAIL. Writes a parity result record (JSON).
-Diagnosis (common.diagnose), on the first batch of prompts + reference continuations: --trace_ops (every aten op on
+Diagnosis (common.diagnostics.eval_hooks), on the first batch of prompts + reference continuations: --trace_ops (every aten op on
 the device, CPU fallbacks, host syncs) and --locate (each module against the reference; automatic after a FAIL;
 the reference's activations are spilled to a temporary folder, never two full copies in memory).
 """
@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.diagnose import Probe, add_diagnosis_args, locate_if_needed, trace_if_asked
+from common.diagnostics.eval_hooks import Probe, add_diagnosis_args, locate_if_needed, trace_if_asked
 from common.device import dtype_name, resolve_device, resolve_dtype
-from common.errors import ArgumentParser, positive_int, run_main
-from common.metrics import format_greedy, format_parity, greedy_parity, parity, verdict
+from common.cli import ArgumentParser, positive_int, run_main
+from common.parity import format_greedy, format_parity, greedy_parity, parity, verdict
 from common.results import check_outputs, default_result_path, result_record, write_json
 from common.textio import read_lines
 from inference import MODEL_NAME, CausalLM, add_model_args, check_fits, model_spec, plain_greedy

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from common.compare import DEFAULT_TOLERANCE_POINTS, baseline_comparison, format_comparison, paired_comparison
 from common.device import dtype_name, resolve_device, resolve_dtype
-from common.errors import (ArgumentParser, UserError, finite_float, non_negative_float, non_negative_int,
+from common.cli import (ArgumentParser, UserError, finite_float, non_negative_float, non_negative_int,
                            positive_int, probability, run_main)
 from common.results import (append_run_record, check_outputs, check_writable, default_result_path, open_run_log,
                             read_jsonl, result_record, write_json)

@@ -16,7 +16,7 @@ import json
 import random
 from pathlib import Path
 
-from common.errors import UserError, check_at_most
+from common.cli import UserError, check_at_most
 from common.model_path import hub_reachable
 from common.textio import read_text_file
 

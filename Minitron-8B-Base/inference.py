@@ -32,12 +32,12 @@ from typing import Callable
 import torch
 
 from common.device import dtype_name, resolve_device, resolve_dtype
-from common.errors import (ArgumentParser, UserError, check_at_most, first_line, non_negative_float, positive_int,
+from common.cli import (ArgumentParser, UserError, check_at_most, first_line, non_negative_float, positive_int,
                            probability, run_main)
 from common.model_path import cache_dir, resolve_model_path
 from common.strict_load import load_strictly
 
-# The port's identity: `python -m common.new_port` rewrites these lines when it copies this folder.
+# The port's identity: `python -m common.porting.new_port` rewrites these lines when it copies this folder.
 MODEL_NAME = "Minitron-8B-Base"  # headings, messages, result labels
 DEFAULT_MODEL = "nvidia/Minitron-8B-Base"  # --model_path default: hub id (offline and not cached: the download command)
 MODEL_FAMILY = "causal-lm"  # sentence-transformers | seq2seq | causal-lm | (AnandaSky: custom)

@@ -7,7 +7,7 @@ Minitron-8B-Base is NemotronForCausalLM: 32 layers, hidden 4096, 48 query heads 
 of head_dim 128, squared-ReLU MLP of 16384, LayerNorm1P, partial rotary (half of each head), untied embeddings,
 vocab 256,000. Without --from this builds the same structure shrunk (2 layers, hidden 64, 4 heads / 2 KV heads)
 with a small byte-level BPE tokenizer, so the tests load it through the very same `from_pretrained` path. With
---from it shrinks THAT model's config and retrains its tokenizer small (common.tiny_checkpoint.build_tiny; only the
+--from it shrinks THAT model's config and retrains its tokenizer small (common.porting.tiny_checkpoint.build_tiny; only the
 config and tokenizer files are read). Random weights: the output is gibberish, the code path is real. Either way
 the folder is marked as a test checkpoint, so nothing measured on it is reported as the real model. Deterministic,
 a few seconds.
@@ -17,12 +17,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from common.errors import ArgumentParser, run_main
+from common.cli import ArgumentParser, run_main
 from common.results import check_output_folder
 from common.results import mark_test_checkpoint
-from common.tiny_checkpoint import build_tiny
+from common.porting.tiny_checkpoint import build_tiny
 
-FAMILY = "causal-lm"  # how common.tiny_checkpoint loads a --from model
+FAMILY = "causal-lm"  # how common.porting.tiny_checkpoint loads a --from model
 SEED = 0  # the weights: every build gives the same checkpoint
 VOCAB_SIZE = 512  # the tiny tokenizer's vocabulary
 TINY_CONFIG = dict(  # Minitron-8B: hidden 4096, 48 heads x 128, 8 KV heads, 32 layers, MLP 16384, vocab 256000

@@ -8,7 +8,7 @@ completion equals `python inference.py --prompt P --max_new_tokens K`; token-id 
 /v1/chat/completions applies the tokenizer's chat template (as inference.py --chat); a model without one (a base
 model such as Minitron-8B-Base) answers 400 and is served through /v1/completions. Prompt + max_tokens must fit the
 model's context (config.max_position_embeddings, or a smaller tokenizer model_max_length): otherwise 400, never a
-cut prompt. Shared serving flags (--port, --api-key, --max-batch-size, ...): common/serve.py.
+cut prompt. Shared serving flags (--port, --api-key, --max-batch-size, ...): common/serving/server.py.
 """
 from __future__ import annotations
 
@@ -17,17 +17,19 @@ import sys
 
 import torch
 
-from common.errors import UserError, first_line, run_main
-from common.serve import ChatMessage, GenerationBackend, Prompt, Sampling, build_parser as serving_parser, serve
-from common.serve_api import has_images, message_text
-from common.serve_gen import hf_sampling
+from common.cli import UserError, first_line, run_main
+from common.serving.backend import GenerationBackend, Prompt, Sampling
+from common.serving.server import build_parser as serving_parser
+from common.serving.server import serve
+from common.serving.protocol import ChatMessage, has_images, message_text
+from common.serving.generation import hf_sampling
 from inference import DEFAULT_MAX_NEW_TOKENS, MODEL_NAME, CausalLM, add_model_args, check_fits, context_limit
 
 CHAT_ROLES = {"developer": "system"}  # OpenAI's newer name for the system role; chat templates know "system"
 
 
 class CausalLMBackend(GenerationBackend):
-    """CausalLM behind common.serve: prompts tokenized and checked here, rows generated as one left-padded batch."""
+    """CausalLM behind common.serving.server: prompts tokenized and checked here, rows generated as one left-padded batch."""
     default_max_tokens = DEFAULT_MAX_NEW_TOKENS
 
     def __init__(self, lm: CausalLM):

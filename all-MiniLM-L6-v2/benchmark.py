@@ -26,11 +26,12 @@ import torch
 from tqdm.auto import tqdm
 
 from common.device import peak_memory, reset_peak_memory, synchronize
-from common.errors import ArgumentParser, UserError, check_at_most, positive_int, run_main
-from common.results import default_result_path, result_record, save_figure, write_json
+from common.cli import ArgumentParser, UserError, check_at_most, positive_int, run_main
+from common.results import check_result_outputs, default_result_path, result_record, save_figure, write_json
 from common.textio import read_lines
-from common.timing import (BASELINE_DTYPE, Stopwatch, add_baseline_device_arg, add_device_vs_cpu, attach_baseline,
-                           baseline_record, check_result_outputs, ratio_text, resolve_baseline_device, summarize)
+from common.bench import (BASELINE_DTYPE, add_baseline_device_arg, add_device_vs_cpu, attach_baseline,
+                          baseline_record, ratio_text, resolve_baseline_device)
+from common.timing import Stopwatch, summarize
 from inference import MODEL_CLASS, MODEL_NAME, MiniLMEncoder, add_model_args
 
 HERE = Path(__file__).resolve().parent

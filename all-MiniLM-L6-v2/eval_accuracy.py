@@ -3,11 +3,11 @@
     python eval_accuracy.py --device npu --dtype bf16
     python eval_accuracy.py --device cpu --dtype fp32 --file my_texts.txt --model_path path/to/model
 
-Both sides encode the same texts; the metrics (common.metrics.parity, computed in float64) are taken on the
+Both sides encode the same texts; the metrics (common.parity.parity, computed in float64) are taken on the
 sentence embeddings (what users consume) and on the token states before pooling (where a kernel bug would show
-first). PASS needs both parts within the thresholds of the dtype under test (common.metrics.verdict). Exit 1 on FAIL.
+first). PASS needs both parts within the thresholds of the dtype under test (common.parity.verdict). Exit 1 on FAIL.
 Writes results/parity_<model>_<device>_<dtype>[_compiled].json.
-Diagnosis (common.diagnose), on one batch of DIAGNOSIS_TEXTS: --trace_ops (every aten op of the forward on the
+Diagnosis (common.diagnostics.eval_hooks), on one batch of DIAGNOSIS_TEXTS: --trace_ops (every aten op of the forward on the
 device, CPU fallbacks, host syncs) and --locate (each module against the reference; automatic after a FAIL).
 """
 from __future__ import annotations
@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.diagnose import Probe, add_diagnosis_args, eager, locate_if_needed, trace_if_asked
-from common.errors import ArgumentParser, run_main
-from common.metrics import format_parity, parity, verdict
+from common.diagnostics.eval_hooks import Probe, add_diagnosis_args, eager, locate_if_needed, trace_if_asked
+from common.cli import ArgumentParser, run_main
+from common.parity import format_parity, parity, verdict
 from common.results import check_outputs, result_record, write_json
 from common.textio import read_lines
 from inference import MODEL_CLASS, MODEL_NAME, MiniLMEncoder, add_model_args, planned_result_path

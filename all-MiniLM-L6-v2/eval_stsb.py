@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.errors import ArgumentParser, positive_int, run_main
+from common.cli import ArgumentParser, positive_int, run_main
 from common.results import check_outputs, result_record, write_json
 from common.stsb import correlations, load_pairs, select_pairs
 from inference import (DEFAULT_BATCH_SIZE, MODEL_NAME, MiniLMEncoder, add_model_args, check_batch_size,

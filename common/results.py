@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from importlib import metadata as _metadata
 from pathlib import Path
 
-from .errors import UserError
+from common.cli import UserError
 
 LIBRARIES = ("torch", "transformers", "sentence-transformers", "torch_npu", "numpy", "tokenizers")
 
@@ -52,7 +52,7 @@ def run_metadata(device=None, dtype: str | None = None, argv: list[str] | None =
     """What produced a result: command line, commit, UTC date, machine, device, dtype, versions, threads."""
     import torch
 
-    from .device import device_name
+    from common.device import device_name
 
     argv = list(sys.argv if argv is None else argv)
     return {
@@ -118,6 +118,16 @@ def check_outputs(outputs: dict[str, str | os.PathLike]) -> None:
             raise UserError(f"{name} {path} is the same file as {seen[resolved]}; one would overwrite the other, so "
                             "choose another name (e.g. end --output in .json)")
         seen[resolved] = name
+
+
+def check_result_outputs(output, plot: bool = True) -> None:
+    """The result JSON and its PNG beside it: each writable and not the same file (`--output x.png` would have the
+    plot overwrite the JSON), checked before any model loads."""
+    output = Path(output)
+    outputs = {"--output": output}
+    if plot:
+        outputs["the plot beside --output"] = output.with_suffix(".png")
+    check_outputs(outputs)
 
 
 @contextmanager

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .errors import UserError
+from common.cli import UserError
 
 SHOW = 3  # names quoted per kind of problem; the count says how many there are
 

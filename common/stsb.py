@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
-from .model_path import hub_reachable
-from .textio import read_text_file
+from common.cli import UserError
+from common.model_path import hub_reachable
+from common.textio import read_text_file
 
 HUB_DATASET = "mteb/stsbenchmark-sts"  # the STS-B copy MTEB scores against (gold 0-5, test split 1,379 pairs)
 HUB_REVISION = "b0fddb56ed78048fa8b90373c8a3cfc37b684831"  # pinned, as MTEB pins it

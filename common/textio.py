@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import UserError
+from common.cli import UserError
 
 
 def read_text_file(path: str | os.PathLike, what: str = "input file") -> str:

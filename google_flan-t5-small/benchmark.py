@@ -30,11 +30,11 @@ import torch
 from tqdm.auto import tqdm
 
 from common.device import device_name, peak_memory, reset_peak_memory
-from common.errors import ArgumentParser, UserError, check_at_most, non_negative_int, positive_int, run_main
-from common.results import default_result_path, result_record, save_figure, write_json
-from common.timing import (BASELINE_DTYPE, Stopwatch, add_baseline_device_arg, add_device_vs_cpu, attach_baseline,
-                           baseline_record, check_result_outputs, ratio_text, resolve_baseline_device, summarize,
-                           time_calls)
+from common.cli import ArgumentParser, UserError, check_at_most, non_negative_int, positive_int, run_main
+from common.results import check_result_outputs, default_result_path, result_record, save_figure, write_json
+from common.bench import (BASELINE_DTYPE, add_baseline_device_arg, add_device_vs_cpu, attach_baseline,
+                          baseline_record, ratio_text, resolve_baseline_device)
+from common.timing import Stopwatch, summarize, time_calls
 from inference import MODEL_CLASS, MODEL_NAME, T5Summarizer, add_model_args
 
 HERE = Path(__file__).resolve().parent

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import sys
 
-from common.errors import ArgumentParser, UserError, run_main
+from common.cli import ArgumentParser, UserError, run_main
 from common.model_path import resolve_model_path
 from inference import (DEFAULT_MODEL, MODEL_NAME, T5Summarizer, add_generation_args, add_model_args,
                        check_generation_args)

@@ -5,13 +5,13 @@
 
 (a) encoder: last_hidden_state of every real input token (the seed's check), flattened cosine, rel L2, worst row.
 (b) decoder_logits: logits under teacher forcing on the reference's own greedy generations, so both sides score the
-    same token sequence: top-1 agreement, KL(ref || test), rel L2 (common.metrics.parity with logits=True).
+    same token sequence: top-1 agreement, KL(ref || test), rel L2 (common.parity.parity with logits=True).
 (c) generation: greedy outputs of the device compared token for token with the reference's, with the shared rule
-    (common.metrics.greedy_parity): every divergence must start at a near-tie of the reference, measured on (b).
+    (common.parity.greedy_parity): every divergence must start at a near-tie of the reference, measured on (b).
 (d) overflow: every activation of the model under test is watched for NaN/inf (and the fp16 clamp); an overflow is a
     FAIL that names the first module it happened in.
 PASS needs all parts; exit code 1 on FAIL. Writes a "parity" result record (common.results.result_record).
-Diagnosis (common.diagnose), on the first batch, teacher-forced on the reference's generations: --trace_ops (every
+Diagnosis (common.diagnostics.eval_hooks), on the first batch, teacher-forced on the reference's generations: --trace_ops (every
 aten op on the device, CPU fallbacks, host syncs) and --locate (each module against the reference, in execution
 order; automatic after a FAIL), which names the module where an error starts, not only NaN/inf.
 """
@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.diagnose import Probe, add_diagnosis_args, locate_if_needed, trace_if_asked
-from common.errors import ArgumentParser, positive_int, run_main
-from common.metrics import format_greedy, format_parity, greedy_parity, parity, verdict
+from common.diagnostics.eval_hooks import Probe, add_diagnosis_args, locate_if_needed, trace_if_asked
+from common.cli import ArgumentParser, positive_int, run_main
+from common.parity import format_greedy, format_parity, greedy_parity, parity, verdict
 from common.device import dtype_name, resolve_device, resolve_dtype
 from common.model_path import resolve_model_path
 from common.results import check_outputs, default_result_path, result_record, write_json

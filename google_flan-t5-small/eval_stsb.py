@@ -25,7 +25,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from common.device import dtype_name, resolve_device, resolve_dtype
-from common.errors import ArgumentParser, UserError, positive_int, run_main
+from common.cli import ArgumentParser, UserError, positive_int, run_main
 from common.model_path import resolve_model_path
 from common.results import (append_run_record, check_outputs, default_result_path, open_run_log, result_record,
                             write_json)

@@ -33,14 +33,14 @@ import numpy as np
 import torch
 
 from common.device import dtype_name, resolve_device, resolve_dtype
-from common.errors import ArgumentParser, UserError, check_at_most, first_line, positive_int, run_main
+from common.cli import ArgumentParser, UserError, check_at_most, first_line, positive_int, run_main
 from common.model_path import resolve_model_path
 from common.results import atomic_file, check_outputs
 from common.strict_load import load_strictly
 from common.textio import read_lines, read_text_file
 from overflow import OverflowWatch
 
-# The port's identity: `python -m common.new_port` rewrites these lines when it copies this folder.
+# The port's identity: `python -m common.porting.new_port` rewrites these lines when it copies this folder.
 MODEL_NAME = "google_flan-t5-small"  # headings, messages, result labels
 DEFAULT_MODEL = "google/flan-t5-small"  # --model_path default: hub id (offline and not cached: the download command)
 MODEL_FAMILY = "seq2seq"  # sentence-transformers | seq2seq | causal-lm

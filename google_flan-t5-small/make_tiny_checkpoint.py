@@ -12,7 +12,7 @@ Takes a few seconds on a laptop CPU. The folder is marked as a test checkpoint (
 so every result measured on it says "test checkpoint", never the real model.
 
 --from MODEL (a local folder or a hub id) builds a tiny random checkpoint of THAT model's architecture instead, with
-common.tiny_checkpoint.build_tiny: its config shrunk, its tokenizer retrained to a small vocabulary; only the
+common.porting.tiny_checkpoint.build_tiny: its config shrunk, its tokenizer retrained to a small vocabulary; only the
 source's config and tokenizer files are read.
 """
 from __future__ import annotations
@@ -21,11 +21,11 @@ import json
 import sys
 from pathlib import Path
 
-from common.errors import ArgumentParser, run_main
+from common.cli import ArgumentParser, run_main
 from common.results import check_output_folder
 from common.results import mark_test_checkpoint
 
-FAMILY = "seq2seq"  # how common.tiny_checkpoint loads a --from model
+FAMILY = "seq2seq"  # how common.porting.tiny_checkpoint loads a --from model
 SEED = 0  # fixed weights: every build gives the same checkpoint
 VOCAB_TARGET = 400  # Unigram pieces to learn (the trainer may stop earlier on this small corpus)
 SCORE_DECIMALS = 2  # piece scores are rounded to this many decimals, making ties (and so the ids) deterministic
@@ -129,7 +129,7 @@ def build(output, source: str | None = None) -> Path:
     output = Path(output)
     if source is None:
         return build_own(output)
-    from common.tiny_checkpoint import build_tiny
+    from common.porting.tiny_checkpoint import build_tiny
 
     return build_tiny(source, output, FAMILY, seed=SEED)
 

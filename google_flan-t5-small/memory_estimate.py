@@ -21,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-from common.errors import ArgumentParser, UserError, first_line, run_main
+from common.cli import ArgumentParser, UserError, first_line, run_main
 from common.model_path import download_command, hub_reachable
 from common.results import check_writable, model_tag, run_metadata, write_json
 

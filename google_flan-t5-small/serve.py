@@ -14,7 +14,7 @@ model_max_length, else MAX_NEW_TOKENS). Chat messages become chat.py's Flan prom
 preamble (chat.py's default preamble when there is none), then one `User: ...` / `Assistant: ...` line per turn,
 ending in `Assistant:`. A prompt may also be token ids, used as given (no </s> added).
 Unlike inference.py, --dtype fp16 is not watched for overflow here (T5 overflows in fp16): serve in bf16 or fp32.
-Shared flags (--host, --port, --api_key, --max_batch_size, --max_queue, ...): common/serve.py.
+Shared flags (--host, --port, --api_key, --max_batch_size, --max_queue, ...): common/serving/server.py.
 """
 from __future__ import annotations
 
@@ -23,13 +23,13 @@ import sys
 import torch
 
 from common.device import resolve_device, resolve_dtype
-from common.errors import UserError, check_at_most, run_main
+from common.cli import UserError, check_at_most, run_main
 from common.model_path import resolve_model_path
-from common.serve import GenerationBackend, Prompt
-from common.serve import build_parser as serve_parser
-from common.serve import serve
-from common.serve_api import has_images, message_text
-from common.serve_gen import hf_sampling
+from common.serving.backend import GenerationBackend, Prompt
+from common.serving.server import build_parser as serve_parser
+from common.serving.server import serve
+from common.serving.protocol import has_images, message_text
+from common.serving.generation import hf_sampling
 from chat import CONTEXT, DEFAULT_SPEAKERS
 from inference import DEFAULT_MAX_NEW_TOKENS, DEFAULT_MODEL, MODEL_NAME, T5Summarizer, add_model_args, describe
 from inference import new_token_limit

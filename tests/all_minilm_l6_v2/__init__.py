@@ -1,0 +1,1 @@
+"""Tests of all-MiniLM-L6-v2/."""

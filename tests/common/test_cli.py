@@ -1,0 +1,94 @@
+"""common.cli: one-line errors and exit 2, both flag spellings, the argparse types."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+import torch
+
+from common.cli import (
+    ArgumentParser,
+    UserError,
+    non_negative_int,
+    positive_int,
+    run_main,
+)
+
+CPU = torch.device("cpu")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_argument_parser_error_is_one_line_exit_2(capsys):
+    parser = ArgumentParser(prog="tool")
+    parser.add_argument("--n", type=positive_int, required=True)
+    with pytest.raises(SystemExit) as info:
+        parser.parse_args(["--n", "0"])
+    assert info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("error: ")
+    assert "must be >= 1, got 0" in lines[0]
+    assert "usage:" not in captured.err
+
+
+def test_argument_parser_unknown_flag(capsys):
+    parser = ArgumentParser(prog="tool")
+    with pytest.raises(SystemExit) as info:
+        parser.parse_args(["--bogus"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "--bogus" in err
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "x", "1.5", ""])
+def test_positive_int_rejects(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        positive_int(text)
+
+
+def test_positive_and_non_negative_int_accept():
+    assert positive_int("1") == 1
+    assert positive_int("42") == 42
+    assert non_negative_int("0") == 0
+    with pytest.raises(argparse.ArgumentTypeError, match=">= 0"):
+        non_negative_int("-1")
+    with pytest.raises(argparse.ArgumentTypeError, match="whole number"):
+        non_negative_int("two")
+
+
+def test_run_main_user_error(capsys):
+    def main(args):
+        raise UserError(f"bad thing with {args[0]}; fix it")
+
+    assert run_main(main, ["x.txt"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == "error: bad thing with x.txt; fix it\n"
+    assert captured.out == ""
+
+
+def test_run_main_passes_codes_and_args(capsys):
+    seen = []
+    assert run_main(lambda args: seen.append(args), ["a"]) == 0  # None -> 0
+    assert seen == [["a"]]
+    assert run_main(lambda args: 3, []) == 3
+    assert run_main(lambda args: 0, []) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_run_main_keyboard_interrupt_and_bugs(capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    assert run_main(interrupted, []) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+    def buggy(args):
+        raise ZeroDivisionError
+
+    with pytest.raises(ZeroDivisionError):  # programming errors keep their traceback
+        run_main(buggy, [])
+
+

@@ -1,0 +1,1 @@
+"""Tests of against the reference harnesses (lm-eval, mteb)."""

@@ -1,0 +1,1 @@
+"""Tests of google_flan-t5-small/."""

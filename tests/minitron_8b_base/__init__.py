@@ -1,0 +1,1 @@
+"""Tests of Minitron-8B-Base/."""

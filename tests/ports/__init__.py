@@ -1,0 +1,1 @@
+"""Tests of the port contract every model folder passes."""
