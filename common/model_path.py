@@ -18,6 +18,9 @@ import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
 
+from huggingface_hub import constants, snapshot_download
+from safetensors import safe_open
+
 from common.cli import UserError
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.gguf")
@@ -37,8 +40,6 @@ def check_weights(folder: Path) -> Path:
                         "*.gguf); point --model_path at a complete download")
     for file in files:
         if file.suffix == ".safetensors":
-            from safetensors import safe_open
-
             try:
                 with safe_open(str(file), framework="pt") as f:
                     f.keys()
@@ -97,8 +98,6 @@ def download_command(repo_id: str) -> str:
 def hub_reachable(timeout_s: float = 3.0) -> bool:
     """One quick TCP connect to the Hugging Face endpoint (HF_ENDPOINT mirrors included). Offline, this fails in
     milliseconds instead of huggingface_hub's retry loop of ~30 s."""
-    from huggingface_hub import constants
-
     if constants.HF_HUB_OFFLINE:
         return False
     url = urlparse(constants.ENDPOINT)
@@ -111,8 +110,6 @@ def hub_reachable(timeout_s: float = 3.0) -> bool:
 
 
 def _from_huggingface(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
-
     try:  # the cache first: works offline and costs nothing
         return Path(snapshot_download(repo_id, local_files_only=True))
     except Exception:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from transformers.utils import logging as hf_logging
+
 from common.cli import UserError
 
 SHOW = 3  # names quoted per kind of problem; the count says how many there are
@@ -49,8 +51,6 @@ def problems(info: dict, allow_missing: tuple[str, ...] = ()) -> list[str]:
 def load_strictly(load: Callable[..., object], source, *, allow_missing: tuple[str, ...] = (), hint: str = ""):
     """`load(**kwargs)` is a from_pretrained call with everything but the loading-info flags bound. Returns the
     model, or raises UserError (what does not match, and `hint`: how to fix it) when any tensor does not match."""
-    from transformers.utils import logging as hf_logging
-
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the loading report would repeat over many lines what the one line says
     try:

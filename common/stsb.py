@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+from huggingface_hub import hf_hub_download
+from scipy.stats import pearsonr, spearmanr
 
 from common.cli import UserError
 from common.model_path import hub_reachable
@@ -100,8 +102,6 @@ def select_pairs(pairs: list[Pair], limit: int | None) -> list[Pair]:
 
 
 def load_hub() -> tuple[list[Pair], str]:
-    from huggingface_hub import hf_hub_download
-
     def fetch(cached_only: bool) -> str:
         return hf_hub_download(HUB_DATASET, HUB_FILE, repo_type="dataset", revision=HUB_REVISION,
                                local_files_only=cached_only)
@@ -134,8 +134,6 @@ def load_pairs(data: str | None) -> tuple[list[Pair], str, str | None]:
 def correlations(predicted, gold) -> dict:
     """Spearman and Pearson x100 of predicted similarities against gold scores, each with a bootstrap 95% interval
     (pairs resampled with replacement). A constant prediction has no correlation: None."""
-    from scipy.stats import pearsonr, spearmanr
-
     predicted, gold = np.asarray(predicted, dtype=np.float64), np.asarray(gold, dtype=np.float64)
     if predicted.std() == 0 or gold.std() == 0:
         return {"spearman_x100": None, "pearson_x100": None, "spearman_ci95": None, "pearson_ci95": None}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import torch
 
 from common.device import synchronize
 
@@ -53,8 +54,6 @@ def time_calls(fn, device, *, warmup: int = 1, repeats: int = 5) -> list[float]:
 def copy_bandwidth_gbs(device, mib: int = 256, repeats: int = 5) -> float:
     """Measured memory bandwidth (bytes read + written per second) of a large tensor copy: decoding one token
     reads every weight once, so weights / bandwidth bounds the step time from below."""
-    import torch
-
     src = torch.ones(mib * 2**20 // 4, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)

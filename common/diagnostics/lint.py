@@ -1,7 +1,7 @@
 """Find CUDA-only code before a port fails on Ascend NPU, MPS or CPU: an AST scan of Python files, not a grep.
 
-    python -m common.diagnostics.lint all-MiniLM-L6-v2 google_flan-t5-small Minitron-8B-Base AnandaSky common
-    python -m common.diagnostics.lint /path/to/weights_folder --json lint.json   # the model's own remote code too
+    accel-ports lint all-MiniLM-L6-v2 google_flan-t5-small Minitron-8B-Base AnandaSky common
+    accel-ports lint /path/to/weights_folder --json lint.json   # the model's own remote code too
 
 Every `.py` under the given files and folders is parsed (.venv, __pycache__, .git and site-packages are skipped),
 remote code in a weights folder included (modeling_*.py beside config.json). Names are resolved through the file's

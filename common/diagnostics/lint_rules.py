@@ -1,6 +1,6 @@
-"""The rules of `python -m common.diagnostics.lint`: what each finds, what breaks where, and the replacement this repository
+"""The rules of `accel-ports lint`: what each finds, what breaks where, and the replacement this repository
 offers. Data only; the scanner is common/diagnostics/lint.py. A rule added here needs a check there and a planted case in
-tests/test_lint_port.py.
+tests/diagnostics/test_lint.py.
 """
 from __future__ import annotations
 

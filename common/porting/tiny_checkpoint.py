@@ -1,7 +1,7 @@
 """Tiny random checkpoints of ANY model's architecture, for tests and for porting a model before its weights arrive.
 
-    python -m common.porting.tiny_checkpoint --from BAAI/bge-small-en-v1.5 --family sentence-transformers --output tiny/
-    python -m common.porting.tiny_checkpoint --from models/Qwen3-0.6B --family causal-lm --output tiny-qwen3/
+    accel-ports tiny-checkpoint --from BAAI/bge-small-en-v1.5 --family sentence-transformers --output tiny/
+    accel-ports tiny-checkpoint --from models/Qwen3-0.6B --family causal-lm --output tiny-qwen3/
 
 What is kept from the source model: its architecture class and config format (model_type, activation, norm,
 rotary settings, attention layout such as grouped-query heads, tied or untied embeddings), its tokenizer's kind and
@@ -23,6 +23,12 @@ import math
 import shutil
 import sys
 from pathlib import Path
+
+import torch
+from huggingface_hub import snapshot_download
+from safetensors.torch import save_file
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from common.cli import ArgumentParser, UserError, first_line, run_main
 from common.results import check_output_folder, mark_test_checkpoint, write_json
@@ -122,8 +128,6 @@ def _source_folder(source: str) -> Path:
         return local
     if local.exists() or source.startswith((".", "/", "~")):
         raise UserError(f"model {source!r} is not a model folder; pass a folder with config.json or a hub id")
-    from huggingface_hub import snapshot_download
-
     try:
         return Path(snapshot_download(source, allow_patterns=SOURCE_PATTERNS))
     except Exception as exc:  # offline, unknown repo, gated: all end the same way
@@ -133,8 +137,6 @@ def _source_folder(source: str) -> Path:
 
 def load_source(source: str | Path):
     """(folder, config, tokenizer) of the source model; only small files are read."""
-    from transformers import AutoConfig, AutoTokenizer
-
     folder = _source_folder(str(source))
     try:
         config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
@@ -183,16 +185,12 @@ def tiny_config(config, tokenizer):
 
 
 def _model_class(family: str):
-    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
-
     return {"sentence-transformers": AutoModel, "seq2seq": AutoModelForSeq2SeqLM,
             "causal-lm": AutoModelForCausalLM}[family]
 
 
 def random_model(config, family: str, seed: int):
     """Seeded random weights of the config's architecture, in float32."""
-    import torch
-
     torch.manual_seed(seed)
     try:
         model = _model_class(family).from_config(config).eval()
@@ -206,8 +204,6 @@ def untie_output_embeddings(model) -> None:
     """Give the output projection its own weights when the config says untied (Flan-T5, mT5, Minitron): some
     architectures build it tied to the input embedding whatever the config says, and a tiny model must have the
     source's layout, or its parity and memory figures describe another model."""
-    import torch
-
     config = model.config
     # T5 in transformers 5 always says tie_word_embeddings=True; scale_decoder_outputs=False marks v1.1 (untied)
     if config.tie_word_embeddings is not False and getattr(config, "scale_decoder_outputs", None) is not False:
@@ -221,8 +217,6 @@ def untie_output_embeddings(model) -> None:
 
 def copy_sentence_transformers(source: Path, output: Path, width: int, seed: int, weights: bool) -> None:
     """modules.json and the module configs, with the widths rewritten; random Dense weights when `weights`."""
-    import torch
-
     for name in ST_FILES:
         if (source / name).is_file():
             shutil.copy2(source / name, output / name)
@@ -255,9 +249,6 @@ def copy_sentence_transformers(source: Path, output: Path, width: int, seed: int
 
 
 def _write_dense(folder: Path, config: dict, generator) -> None:
-    import torch
-    from safetensors.torch import save_file
-
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {"linear.weight": torch.randn(config["out_features"], config["in_features"], generator=generator)
                * config["in_features"] ** -0.5}
@@ -271,8 +262,6 @@ def build_tiny(source: str | Path, output: str | Path, family: str, seed: int = 
     weights=False writes only the config, tokenizer and module configs (a spec that later builds are made from)."""
     if family not in FAMILIES:
         raise UserError(f"unknown family {family!r}; use one of {', '.join(FAMILIES)}")
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()
     folder, config, tokenizer = load_source(source)
     tokenizer = small_tokenizer(tokenizer)

@@ -1,8 +1,8 @@
 """Load test for an OpenAI-compatible server (this repository's serve.py, or vLLM): requests/s, latency, TTFT, errors.
 
-    python -m common.serving.load_test --base-url http://127.0.0.1:8000                  # 32 clients x 8 requests
-    python -m common.serving.load_test --base-url http://127.0.0.1:8000/v1 --clients 32 --requests 16
-    python -m common.serving.load_test --base-url http://127.0.0.1:8000 --endpoint chat --stream --max-tokens 16
+    accel-ports bench-serve --base-url http://127.0.0.1:8000                  # 32 clients x 8 requests
+    accel-ports bench-serve --base-url http://127.0.0.1:8000/v1 --clients 32 --requests 16
+    accel-ports bench-serve --base-url http://127.0.0.1:8000 --endpoint chat --stream --max-tokens 16
 
 Two phases over loopback, in one run: --clients concurrent clients sending --requests requests each, then the same
 number of requests one at a time. The batching gain is concurrent requests/s / one-at-a-time requests/s: what the
@@ -26,6 +26,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
+import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from common.cli import ArgumentParser, UserError, finite_float, first_line, positive_int, run_main
@@ -298,9 +300,17 @@ async def load_test(args, target: Target, session) -> dict:
 
 # --- result ---------------------------------------------------------------------------------------------------------
 
+def typed_command() -> str:
+    """The command as the user typed it (`accel-ports bench-serve ...` or `python -m common.serving.load_test ...`),
+    not the module's file path that sys.argv[0] holds under `python -m`."""
+    args = sys.argv[1:]
+    if Path(sys.argv[0]).name == "accel-ports" and args[:1] == ["bench-serve"]:
+        return "accel-ports " + shlex.join(args)
+    return "python -m common.serving.load_test " + shlex.join(args)
+
+
 def server_device(health: dict):
     """The server's device as a torch.device when this machine knows it (for meta.device_name), else None."""
-    import torch  # only here: the load itself needs no torch
     try:
         device = torch.device(str(health["device"]))
     except (KeyError, RuntimeError, TypeError):
@@ -333,17 +343,16 @@ def build_record(args, target: Target, phases: list[dict]) -> dict:
     if device is None and target.health.get("device"):  # a device this machine lacks: keep the server's word
         record["meta"]["device"] = str(target.health["device"])
     record["meta"]["device_name"] = target.health.get("device_name") or record["meta"]["device_name"]
-    record["meta"]["command"] = "python -m common.serving.load_test " + shlex.join(sys.argv[1:])  # not the file path
+    record["meta"]["command"] = typed_command()
     return record
 
 
 def plot(record: dict, latencies: dict, path: Path) -> None:
     """Left: requests/s of both phases with the gain; right: latency CDF of both phases."""
-    import matplotlib
+    import matplotlib  # only when the plot is drawn: a run that fails early never pays its import
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # no display; must precede pyplot's import
     import matplotlib.pyplot as plt
-    import numpy as np
 
     fig, (bars, cdf) = plt.subplots(1, 2, figsize=(11, 4))
     labels = [phase["label"] for phase in record["phases"]]

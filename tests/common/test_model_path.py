@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from common import model_path as mp
 from common.cli import (
@@ -16,8 +17,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _tiny_safetensors(folder: Path) -> Path:
-    from safetensors.torch import save_file
-
     folder.mkdir(parents=True, exist_ok=True)
     save_file({"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}, str(folder / "model.safetensors"))
     (folder / "config.json").write_text("{}", encoding="utf-8")

@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from common.parity import THRESHOLDS, format_parity, parity
+from common.parity import (
+    THRESHOLDS,
+    format_greedy,
+    format_parity,
+    greedy_parity,
+    parity,
+    verdict,
+)
 
 REF = np.array([[1.0, 2.0, 3.0, 4.0],
                 [-1.0, 0.5, 2.0, 0.0],
@@ -251,8 +258,6 @@ def test_accepts_bfloat16_tensors():
 # === greedy generation: the shared near-tie rule =================================================================
 
 def test_greedy_parity_accepts_divergence_only_at_a_near_tie():
-    from common.parity import format_greedy, greedy_parity
-
     want_logits = np.zeros((4, 5))
     want_logits[:, 2] = 5.0  # the reference is sure of token 2 at every step
     got_logits = want_logits + 0.01  # logit error 0.01 everywhere
@@ -271,8 +276,6 @@ def test_greedy_parity_accepts_divergence_only_at_a_near_tie():
 
 
 def test_greedy_parity_nan_logits_explain_nothing_and_prefix_is_judged():
-    from common.parity import greedy_parity
-
     want = np.zeros((3, 4))
     want[:, 1] = 1.0
     nan = np.full((3, 4), np.nan)
@@ -283,8 +286,6 @@ def test_greedy_parity_nan_logits_explain_nothing_and_prefix_is_judged():
 
 
 def test_verdict_combines_parts():
-    from common.parity import verdict
-
     result = verdict({"a": {"passed": True, "failures": []}, "b": {"passed": False, "failures": ["x > 1"]}})
     assert result == {"passed": False, "failures": ["b: x > 1"], "parts": result["parts"]}
     assert verdict({"a": {"passed": True, "failures": []}})["passed"] is True

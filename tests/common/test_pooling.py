@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sentence_transformers.sentence_transformer.modules import Pooling
 
 from common.pooling import (
     POOLERS,
@@ -96,8 +97,6 @@ def test_max_pool_all_negative_real_tokens_beat_padding():
 
 
 def test_poolers_registry_has_every_sentence_transformers_mode():
-    from sentence_transformers.sentence_transformer.modules import Pooling
-
     assert set(POOLERS) == set(Pooling.POOLING_MODES)
     assert POOLERS["mean"] is mean_pool and POOLERS["cls"] is cls_pool and POOLERS["max"] is max_pool
 
@@ -148,8 +147,6 @@ MODE_SETS = [["cls"], ["max"], ["mean"], ["mean_sqrt_len_tokens"], ["weightedmea
 @pytest.mark.parametrize("prompt_length", [None, 2])
 def test_pool_matches_sentence_transformers_pooling(modes, side, prompt_length):
     """The same numbers as sentence-transformers' own Pooling.forward on random states and ragged masks."""
-    from sentence_transformers.sentence_transformer.modules import Pooling
-
     generator = torch.Generator().manual_seed(0)
     hidden = torch.randn(5, 7, 6, generator=generator)
     lengths = [7, 4, 3, 6, 5]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
+from safetensors.torch import load_file, save_file
 
 from common.porting.folders import model_folders
 from common.strict_load import problems
@@ -35,8 +36,6 @@ def target_tensor(tensors: dict) -> str:
 
 
 def plant(source, target, fault: str) -> str:
-    from safetensors.torch import load_file, save_file
-
     shutil.copytree(source, target)
     files = sorted(target.rglob("*.safetensors"))
     tensors = load_file(files[0])

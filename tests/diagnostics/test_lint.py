@@ -7,11 +7,17 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from tests.support import REPO_ROOT
 
 from common.cli import run_main
-from common.diagnostics.lint import RULES, build_parser, format_findings, lint_paths, main
+from common.diagnostics.lint import (
+    RULES,
+    build_parser,
+    format_findings,
+    lint_paths,
+    main,
+)
 from common.porting.folders import model_folders
+from tests.support import REPO_ROOT
 
 PLANTED = '''\
 import flash_attn

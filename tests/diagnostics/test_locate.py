@@ -13,6 +13,7 @@ import weakref
 import pytest
 import torch
 from torch import nn
+from transformers import AutoModel, AutoModelForCausalLM, T5ForConditionalGeneration
 
 import common.diagnostics.locate as locate_module
 from common.diagnostics.locate import compare, format_locate, locate
@@ -48,8 +49,6 @@ def assert_clean_before(report: dict, module: str) -> None:
 
 @pytest.fixture(scope="module")
 def t5_pair(tiny_t5):
-    from transformers import T5ForConditionalGeneration
-
     reference = T5ForConditionalGeneration.from_pretrained(tiny_t5).eval()
     target = T5ForConditionalGeneration.from_pretrained(tiny_t5, dtype=torch.float16).eval()
     return target, reference
@@ -92,8 +91,6 @@ def minilm(tmp_path_factory):
 
 
 def bert_pair(folder, dtype: str, bias_shift: float):
-    from transformers import AutoModel
-
     models = [AutoModel.from_pretrained(folder, dtype=DTYPES[dtype]).eval(), AutoModel.from_pretrained(folder).eval()]
     for model in models:  # the same planted checkpoint on both sides
         model.get_submodule(f"{BERT_PLANT}.dense").bias.data += bias_shift
@@ -128,8 +125,6 @@ def test_bf16_precision_loss_before_bert_layernorm_is_named(minilm):
 # --- 3. a wrong op in one layer of the causal LM -------------------------------------------------------------------
 
 def lm_pair(folder, dtype: str):
-    from transformers import AutoModelForCausalLM
-
     return (AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype]).eval(),
             AutoModelForCausalLM.from_pretrained(folder).eval())
 

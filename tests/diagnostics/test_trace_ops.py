@@ -10,8 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from transformers import AutoModel
 
-from common.diagnostics.trace_ops import FLAG_KINDS, ROOT_MODULE, format_trace, trace_forward
+from common.diagnostics.trace_ops import (
+    FLAG_KINDS,
+    ROOT_MODULE,
+    format_trace,
+    trace_forward,
+)
+from tests.support import load_script
 
 THIS_FILE = Path(__file__).resolve()
 NPU_FALLBACK = ("CAUTION: The operator 'aten::isin.Tensor_Tensor_out' is not currently supported on the NPU backend "
@@ -250,9 +257,6 @@ def test_report_is_json_serialisable():
 
 
 def test_tiny_minilm_traces_on_cpu(tmp_path):
-    from tests.support import load_script
-    from transformers import AutoModel
-
     folder = load_script("all-MiniLM-L6-v2", "make_tiny_checkpoint").build(tmp_path / "m")
     model = AutoModel.from_pretrained(folder).eval()
     batch = {"input_ids": torch.tensor([[2, 7, 11, 5, 3], [2, 9, 3, 0, 0]]),

@@ -11,6 +11,8 @@ import sys
 
 import pytest
 import torch
+from packaging import version
+from transformers.dynamic_module_utils import check_imports
 
 from common.porting import flash_attn_compat as fa
 
@@ -409,7 +411,6 @@ def test_install_makes_imports_and_find_spec_work(clean_modules):
                                                                   fa.pad_input)
     assert (flash_attn_with_kvcache, apply_rotary_emb) == (fa.flash_attn_with_kvcache, fa.apply_rotary_emb)
     assert flash_attn.__version__ == fa.FLASH_ATTN_VERSION
-    from packaging import version
     assert version.parse(flash_attn.__version__) >= version.parse("2.7.0")  # callers' version gates pass
     assert importlib.util.find_spec("flash_attn").name == "flash_attn"
     assert importlib.util.find_spec("flash_attn.bert_padding") is not None
@@ -419,8 +420,6 @@ def test_install_makes_imports_and_find_spec_work(clean_modules):
 
 @needs_no_real_flash_attn
 def test_transformers_check_imports_accepts_remote_code(tmp_path, clean_modules):
-    from transformers.dynamic_module_utils import check_imports
-
     path = tmp_path / "modeling_remote.py"
     path.write_text(REMOTE_CODE)
     with pytest.raises(ImportError, match="flash_attn"):

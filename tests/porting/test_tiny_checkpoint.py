@@ -4,9 +4,13 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
+from common.cli import UserError, run_main
+from common.model_path import embedded_weights
 from common.porting import tiny_checkpoint as tc
-from common.cli import UserError
 from common.results import weights_kind
 
 
@@ -31,14 +35,10 @@ def test_shrink_keeps_the_attention_layout_and_per_layer_lists():
 
 @pytest.fixture(scope="module")
 def embedded_minilm():
-    from common.model_path import embedded_weights
-
     return embedded_weights("all-MiniLM-L6-v2")
 
 
 def test_sentence_transformers_model_from_the_real_minilm(embedded_minilm, tmp_path):
-    from sentence_transformers import SentenceTransformer
-
     out = tc.build_tiny(embedded_minilm, tmp_path / "tiny", "sentence-transformers")
     config = json.loads((out / "config.json").read_text())
     assert config["hidden_size"] == tc.WIDTH and config["model_type"] == "bert"
@@ -56,9 +56,6 @@ def causal_spec(smollm2, tmp_path_factory):
 
 
 def test_causal_lm_spec_builds_the_same_checkpoint_every_time(causal_spec, tmp_path):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     assert not list(causal_spec.glob("*.safetensors")) and (causal_spec / "tiny_spec.json").is_file()
     first = tc.build_tiny(causal_spec, tmp_path / "a", "causal-lm")
     second = tc.build_tiny(causal_spec, tmp_path / "b", "causal-lm")
@@ -77,8 +74,6 @@ def test_causal_lm_spec_builds_the_same_checkpoint_every_time(causal_spec, tmp_p
 
 
 def test_seq2seq_from_the_tiny_t5(tiny_t5, tmp_path):
-    from transformers import AutoModelForSeq2SeqLM
-
     out = tc.build_tiny(tiny_t5, tmp_path / "t5", "seq2seq")
     model = AutoModelForSeq2SeqLM.from_pretrained(out)
     assert model.config.model_type == "t5" and model.config.d_model <= tc.WIDTH
@@ -105,7 +100,6 @@ def test_bad_sources_are_one_line_errors(case, tmp_path, causal_spec):
 
 def test_cli_refuses_a_non_empty_output(causal_spec, tmp_path, capsys):
     (tmp_path / "keep.txt").write_text("x")
-    from common.cli import run_main
 
     args = tc.build_parser().parse_args(["--from", str(causal_spec), "--family", "causal-lm",
                                          "--output", str(tmp_path)])

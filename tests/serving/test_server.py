@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.serving.client import get, post, sse_lines, start_server
+from tests.serving.client import get, post, run_serve, sse_lines, start_server
 
 openai = pytest.importorskip("openai")
 TOY = "fixtures/toy_serve.py"  # run from tests/, as a folder runs its serve.py
@@ -262,8 +262,6 @@ def test_sigterm_fails_requests_past_the_shutdown_timeout_cleanly():
 
 
 def test_refusals_before_serving(tmp_path):
-    from tests.serving.client import run_serve
-
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
