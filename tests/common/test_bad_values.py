@@ -9,13 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from common.cli import (
-    UserError,
-    check_at_most,
-    finite_float,
-    non_negative_float,
-    probability,
-)
+from common.cli import UserError, check_at_most, finite_float, non_negative_float, probability
 from common.results import check_outputs, save_figure
 
 

@@ -2,21 +2,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import pytest
-import torch
 
-from common.cli import (
-    ArgumentParser,
-    UserError,
-    non_negative_int,
-    positive_int,
-    run_main,
-)
-
-CPU = torch.device("cpu")
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from common.cli import ArgumentParser, UserError, non_negative_int, positive_int, run_main
 
 
 def test_argument_parser_error_is_one_line_exit_2(capsys):

@@ -8,12 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from common import model_path as mp
-from common.cli import (
-    UserError,
-)
-
-CPU = torch.device("cpu")
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from common.cli import UserError
 
 
 def _tiny_safetensors(folder: Path) -> Path:

@@ -5,14 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.parity import (
-    THRESHOLDS,
-    format_greedy,
-    format_parity,
-    greedy_parity,
-    parity,
-    verdict,
-)
+from common.parity import THRESHOLDS, format_greedy, format_parity, greedy_parity, parity, verdict
 
 REF = np.array([[1.0, 2.0, 3.0, 4.0],
                 [-1.0, 0.5, 2.0, 0.0],

@@ -9,22 +9,10 @@ import pytest
 import torch
 
 from common import report
-from common.cli import (
-    ArgumentParser,
-    UserError,
-    both_spellings,
-    first_line,
-)
-from common.results import (
-    append_run_record,
-    git_commit,
-    open_run_log,
-    save_figure,
-    write_json,
-)
+from common.cli import ArgumentParser, UserError, both_spellings, first_line
+from common.results import append_run_record, git_commit, open_run_log, save_figure, write_json
 
 CPU = torch.device("cpu")
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 MARKER = ('<!-- results {"files": "results/*.json", "rows": "rows", '

@@ -12,9 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.cli import (
-    UserError,
-)
+from common.cli import UserError
 from common.device import device_name
 from common.results import append_jsonl, read_jsonl, run_metadata, write_json
 

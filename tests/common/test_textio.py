@@ -1,18 +1,10 @@
 """common.textio: input text files (empty, non-UTF-8, folders given for files) refused in one line."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-import torch
 
-from common.cli import (
-    UserError,
-)
+from common.cli import UserError
 from common.textio import read_lines
-
-CPU = torch.device("cpu")
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_read_lines_missing_file(tmp_path):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +11,6 @@ from common import timing
 from common.timing import Stopwatch, summarize, time_calls
 
 CPU = torch.device("cpu")
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_summarize_known_samples():

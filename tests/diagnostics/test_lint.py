@@ -9,13 +9,7 @@ from pathlib import Path
 import pytest
 
 from common.cli import run_main
-from common.diagnostics.lint import (
-    RULES,
-    build_parser,
-    format_findings,
-    lint_paths,
-    main,
-)
+from common.diagnostics.lint import RULES, build_parser, format_findings, lint_paths, main
 from common.porting.folders import model_folders
 from tests.support import REPO_ROOT
 

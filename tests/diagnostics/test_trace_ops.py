@@ -12,12 +12,7 @@ import torch
 from torch import nn
 from transformers import AutoModel
 
-from common.diagnostics.trace_ops import (
-    FLAG_KINDS,
-    ROOT_MODULE,
-    format_trace,
-    trace_forward,
-)
+from common.diagnostics.trace_ops import FLAG_KINDS, ROOT_MODULE, format_trace, trace_forward
 from tests.support import load_script
 
 THIS_FILE = Path(__file__).resolve()
