@@ -29,6 +29,8 @@ lm_eval_tasks = pytest.importorskip("lm_eval.tasks",
 from lm_eval import defaults as lm_eval_defaults  # noqa: E402  the evaluator's defaults: fewshot seed, max_gen_toks
 from lm_eval.api.model import LM  # noqa: E402
 
+pytestmark = pytest.mark.crosscheck  # the markers in pytest.ini
+
 E = load_script(MINITRON_FOLDER, "eval_gsm8k")
 NUM_CONTEXTS = 50  # test questions whose few-shot contexts are compared byte for byte
 RECORDED_LOG = REPO_ROOT / MINITRON_FOLDER / "results" / "task_smollm2_cpu_fp32_gsm8k.jsonl"

@@ -10,6 +10,8 @@ import pytest
 from tests.support import MINITRON_FOLDER, load_script
 from tests.serving.client import start_server
 
+pytestmark = [pytest.mark.crosscheck, pytest.mark.serving, pytest.mark.slow]  # the markers in pytest.ini
+
 pytest.importorskip("lm_eval", reason="lm-eval is not installed (pip install -r requirements-dev.txt)")
 MAX_GEN_TOKS = 8  # a few tokens per question: the point is the plumbing, not the score
 LIMIT = 2  # questions

@@ -15,12 +15,13 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"  # read before `datasets` is imported: o
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from tests.support import load_script  # noqa: E402
+from tests.support import MINILM_FOLDER, load_script  # noqa: E402
 
 mteb = pytest.importorskip("mteb", reason="mteb is not installed (pip install -r requirements-dev.txt)")
 from datasets import Dataset, DatasetDict  # noqa: E402  (a dependency of mteb)
 
-MINILM_FOLDER = "all-MiniLM-L6-v2"
+pytestmark = pytest.mark.crosscheck  # the markers in pytest.ini
+
 NUM_PAIRS = 40  # the first pairs of the test split: enough for a correlation, few enough for 2 shared CPU cores
 BATCH_SIZE = 16
 TOLERANCE_X100 = 1e-4  # Spearman/Pearson x100; batches pad differently on the two sides, so floats differ by ~1e-7

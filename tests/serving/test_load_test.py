@@ -14,6 +14,8 @@ import pytest
 from tests.conftest import REPO_ROOT
 from tests.serving.client import start_server
 
+pytestmark = [pytest.mark.serving, pytest.mark.slow]  # the markers in pytest.ini
+
 CLIENTS, REQUESTS = 4, 3  # 12 requests a phase: enough to overlap, seconds on a CPU
 KEY = "test-key"  # the MiniLM server requires it, so every load test also proves the key is sent
 

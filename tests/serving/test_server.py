@@ -15,6 +15,9 @@ import pytest
 from tests.serving.client import get, post, run_serve, sse_lines, start_server
 
 openai = pytest.importorskip("openai")
+
+pytestmark = [pytest.mark.serving, pytest.mark.slow]  # the markers in pytest.ini
+
 TOY = "fixtures/toy_serve.py"  # run from tests/, as a folder runs its serve.py
 
 
