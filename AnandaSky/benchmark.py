@@ -25,10 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont
+from tqdm import tqdm
 
 from common.device import peak_memory, reset_peak_memory, synchronize
 from common.cli import ArgumentParser, UserError, check_at_most, non_negative_int, positive_int, run_main
-from common.results import check_result_outputs, default_result_path, model_tag, result_record, save_figure, write_json
+from common.results import check_result_outputs, model_tag, result_path, result_record, save_figure, write_json
 from common.bench import (BASELINE_DTYPE, add_baseline_device_arg, add_device_vs_cpu, attach_baseline,
                           baseline_record, ratio_text, resolve_baseline_device, speed_ratio)
 from common.timing import Stopwatch, summarize
@@ -84,8 +86,6 @@ def check_context(ocr: AnandaSkyOCR, sizes: list[tuple[int, int]], new_tokens: i
 
 def line_images(height: int, width: int, count: int) -> list:
     """`count` different text lines rendered black on white at exactly height x width (deterministic)."""
-    from PIL import Image, ImageDraw, ImageFont
-
     font_px = max(8, int(height * 0.6))
     try:
         font = ImageFont.load_default(size=font_px)
@@ -139,9 +139,9 @@ def time_size(ocr: AnandaSkyOCR, images: list, new_tokens: int) -> dict:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
+    import matplotlib  # lazy: heavy, and only a run that plots needs it (never --help or a refused flag)
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # before pyplot loads: no display is needed or assumed
     import matplotlib.pyplot as plt
 
     rows = result["sizes"]
@@ -168,8 +168,6 @@ def plot(result: dict, path: Path) -> None:
 
 def measure(ocr: AnandaSkyOCR, sizes, args) -> list[dict]:
     """Warm-up on the first size, then every size: the rows of the result."""
-    from tqdm import tqdm
-
     warm = line_images(*sizes[0], 1)
     for _ in range(args.warmup):
         with torch.inference_mode():
@@ -220,8 +218,8 @@ def main(args) -> int:
     synchronize(ocr.device)
     load_s = time.perf_counter() - began
     check_context(ocr, sizes, args.new_tokens)
-    output = Path(args.output or default_result_path(HERE, "benchmark", ocr.folder, ocr.device, ocr.dtype_name,
-                                                     "_remote_code" if args.remote_code else ""))
+    output = result_path(args.output, HERE, "benchmark", ocr.folder, ocr.device, ocr.dtype_name,
+                         "_remote_code" if args.remote_code else "")
     check_result_outputs(output, plot=not args.no_plot)
     reset_peak_memory(ocr.device)
     rows = measure(ocr, sizes, args)

@@ -27,12 +27,13 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from PIL import Image, ImageDraw, ImageFont
 
 from common.diagnostics.eval_hooks import Probe, add_diagnosis_args, locate_if_needed, trace_if_asked
 from common.device import dtype_name, resolve_device, resolve_dtype
 from common.cli import ArgumentParser, run_main
 from common.parity import format_parity, parity, verdict
-from common.results import check_outputs, default_result_path, result_record, write_json
+from common.results import check_outputs, result_path, result_record, write_json
 from inference import (DEFAULT_PROMPT, MODEL_NAME, AnandaSkyOCR, add_model_args, check_lengths, load_processor,
                        read_image, resolve_folder, valid_prompt)
 
@@ -45,8 +46,6 @@ EVAL_PROMPTS = (DEFAULT_PROMPT, "Transcribe the text exactly, keeping line break
 
 def render_text_image(text: str, size: int = 22):
     """A deterministic text image: black text on white with a margin, drawn with PIL's bundled font."""
-    from PIL import Image, ImageDraw, ImageFont
-
     try:
         font = ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1: only the small bitmap font
@@ -100,9 +99,8 @@ def main(args) -> int:
     for prompt in dict.fromkeys(prompt for _, _, prompt in inputs):  # prefill only: no new tokens
         check_lengths(processor, [image.size for _, image, _ in inputs], prompt, 0)
     device = resolve_device(args.device)  # the default output names the device and dtype: resolved before loading
-    output = Path(args.output or default_result_path(HERE, "parity", folder, device,
-                                                     dtype_name(resolve_dtype(args.dtype, device)),
-                                                     "_remote_code" if args.remote_code else ""))
+    output = result_path(args.output, HERE, "parity", folder, device, dtype_name(resolve_dtype(args.dtype, device)),
+                         "_remote_code" if args.remote_code else "")
     check_outputs({"--output": output})  # an unwritable result file fails now, not after the whole comparison
     test = AnandaSkyOCR(folder, args.device, args.dtype, remote_code=args.remote_code)
     reference = AnandaSkyOCR(folder, "cpu", "fp32")

@@ -25,11 +25,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from tqdm import tqdm
 
 from common.device import dtype_name, resolve_device, resolve_dtype
 from common.cli import ArgumentParser, UserError, positive_int, run_main
-from common.results import (append_run_record, check_outputs, default_result_path, open_run_log, result_record,
-                            write_json)
+from common.results import append_run_record, check_outputs, open_run_log, result_path, result_record, write_json
 from common.textio import read_text_file
 from inference import (DEFAULT_PROMPT, AnandaSkyOCR, add_model_args, check_image, check_lengths, load_processor,
                        read_image, resolve_folder)
@@ -132,7 +133,6 @@ def load_line_image(path: Path, rotate: str):
     --rotate auto: the one rotated uw3_500 image reads bottom to top."""
     image = read_image(path)  # one-line errors for missing, truncated and non-image files
     if rotate == "auto" and image.height > ROTATE_ASPECT * image.width:
-        from PIL import Image
         return image.transpose(Image.Transpose.ROTATE_270), True
     return image, False
 
@@ -171,9 +171,8 @@ def main(args) -> int:
     model = resolve_folder(args.model_path)
     check_lengths(load_processor(model), sizes, args.prompt, args.max_new_tokens)  # the context, before loading
     device = resolve_device(args.device)  # resolved before the model loads: a bad device fails at once
-    output = Path(args.output or default_result_path(HERE, "task", model, device,
-                                                     dtype_name(resolve_dtype(args.dtype, device)),
-                                                     f"_ocr_{folder.name}{'_remote_code' if args.remote_code else ''}"))
+    output = result_path(args.output, HERE, "task", model, device, dtype_name(resolve_dtype(args.dtype, device)),
+                         f"_ocr_{folder.name}{'_remote_code' if args.remote_code else ''}")
     log = output.with_suffix(".jsonl")
     # both before the model loads; `--output x.jsonl` would make the summary overwrite its own log: refused
     check_outputs({"--output": output, "the per-sample log beside --output": log})
@@ -200,8 +199,6 @@ def main(args) -> int:
 def run_lines(ocr: AnandaSkyOCR, folder: Path, items: list[dict], records: list[dict], save, args) -> None:
     """Recognise the lines not yet in `records`, batch by batch, saving and appending each record, under a progress
     bar. The bar is closed (its line ended) whatever happens, so an error message starts on a line of its own."""
-    from tqdm import tqdm
-
     done = {r["image"] for r in records}
     todo = [item for item in items if item["image"] not in done]
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc="ocr", unit="line", file=sys.stderr)

@@ -42,10 +42,12 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from transformers.utils import logging as hf_logging
 
 from common.device import dtype_name, resolve_device, resolve_dtype
 from common.diagnostics.eval_hooks import add_diagnosis_args
 from common.cli import ArgumentParser, UserError, first_line, positive_int, run_main
+from common.cli import add_model_args as add_common_model_args
 from common.model_path import check_weights
 from common.strict_load import load_strictly
 from modeling_anandasky_patched import AnandaSkyForConditionalGeneration
@@ -124,8 +126,6 @@ def check_lengths(processor: AnandaSkyProcessor, sizes: list, prompt: str, max_n
 def load_model(folder: Path, dtype: torch.dtype, remote_auto_class: str | None = None):
     """(processor, model) from a checked folder, with this folder's patched modeling code, or with the folder's own
     code through `remote_auto_class` (see prepare_remote_code). One-line errors."""
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()
     processor = load_processor(folder)
     try:
@@ -250,14 +250,13 @@ class AnandaSkyOCR:
         return out.logits[0].float().cpu()
 
 
-def add_model_args(parser: ArgumentParser) -> None:
-    """--model_path, --device, --dtype: shared by every script of this folder (either spelling, see ArgumentParser)."""
-    parser.add_argument("--model_path", default=None, help=f"{MODEL_NAME} weights folder (default {DEFAULT_MODEL})")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | npu[:N] | mps")
-    parser.add_argument("--dtype", default="auto", help="auto (bf16 on accelerators, fp32 on CPU) | fp32 | bf16 | fp16")
+def add_model_args(parser: ArgumentParser) -> ArgumentParser:
+    """--model_path, --device, --dtype (common.cli) and this folder's --remote_code: shared by every script here."""
+    add_common_model_args(parser, model_help=f"{MODEL_NAME} weights folder (default {DEFAULT_MODEL})")
     parser.add_argument("--remote_code", "--trust_remote_code", action="store_true",
                         help="run the weights folder's own modeling code (config.json auto_map) with the flash_attn "
                              f"stand-in, after linting it, instead of {PATCHED_CODE}")
+    return parser
 
 
 def build_parser() -> ArgumentParser:
@@ -277,7 +276,7 @@ def build_parser() -> ArgumentParser:
 
 def main(args) -> int:
     if args.eval:  # the seed's spelling of eval_accuracy.py, with the same arguments
-        import eval_accuracy  # this folder's script (imported here: it imports this module)
+        import eval_accuracy  # lazy: this folder's script imports this module (a cycle at the top)
 
         return eval_accuracy.main(args)
     if args.trace_ops or args.locate or args.no_locate:

@@ -23,6 +23,9 @@ import sys
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+from transformers.utils import logging as hf_logging
 
 from common.cli import ArgumentParser, UserError, run_main
 from common.results import check_output_folder
@@ -87,9 +90,6 @@ def corpus() -> list[str]:
 
 def train_tokenizer():
     """Byte-level BPE (what Qwen uses, so any text encodes) with the chat and vision special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -143,8 +143,6 @@ def build_model(vocab_size: int, special_ids: dict, quiet_ids: list[int]):
 
 def build(out_dir) -> Path:
     """Write the test checkpoint to `out_dir` (created if needed); returns the folder."""
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+from transformers import AutoTokenizer
 
 from modeling_anandasky_patched import AnandaSkyConfig
 
@@ -234,8 +235,6 @@ class AnandaSkyProcessor:
     @classmethod
     def from_pretrained(cls, folder) -> "AnandaSkyProcessor":
         """Read preprocessor_config.json (missing keys take DEFAULTS) and the tokenizer from a weights folder."""
-        from transformers import AutoTokenizer
-
         folder = Path(folder)
         config_file = folder / PREPROCESSOR_FILE
         settings = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}

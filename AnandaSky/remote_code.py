@@ -21,8 +21,12 @@ from functools import partial
 from pathlib import Path
 
 import torch
+import transformers
+from transformers.dynamic_module_utils import get_relative_import_files
 
 from common.cli import UserError, first_line
+from common.diagnostics.lint import lint_paths
+from common.porting import flash_attn_compat
 from common.strict_load import load_strictly
 
 PATCHED_CODE = "modeling_anandasky_patched.py"  # the code used without --remote_code (this folder's own)
@@ -36,8 +40,6 @@ COMPAT_NAME = "flash_attn_compat.install()"  # what covers it, as the summary an
 def remote_code_files(folder: Path) -> tuple[str, list[Path]]:
     """(the auto class to load, the folder's code files that run: the model's module, the config's, and what they
     import relatively). UserError when config.json does not declare code of the folder's own, or the file is absent."""
-    from transformers.dynamic_module_utils import get_relative_import_files
-
     auto_map = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("auto_map") or {}
     auto_class = next((name for name in REMOTE_AUTO_CLASSES if name in auto_map), None)
     if auto_class is None:
@@ -82,8 +84,6 @@ def lint_remote_code(folder: Path, files: list[Path], covered_by: str) -> list[d
     """common.diagnostics.lint findings in the folder's code, as dicts with the path relative to the folder, the flagged
     source line (`code`) and `covered_by`: set for a flash_attn import or use that resolves now (the stand-in
     installed), None for everything that still needs attention."""
-    from common.diagnostics.lint import lint_paths
-
     sources, out = {}, []
     for finding in lint_paths(files):
         path = Path(finding.path)
@@ -118,8 +118,6 @@ def format_remote_code(folder: Path, code_source: str, findings: list[dict]) -> 
 def prepare_remote_code(folder: Path) -> tuple[str, str, list[dict]]:
     """Before the folder's code is imported: (auto class, code_source, lint findings); the flash_attn stand-in
     installed, the summary written to stderr."""
-    from common.porting import flash_attn_compat
-
     auto_class, files = remote_code_files(folder)
     # install() leaves a real, importable flash_attn alone: then that package is what the imports get
     covered_by = COMPAT_NAME if flash_attn_compat.install() else "the installed flash_attn package"
@@ -135,8 +133,6 @@ def prepare_remote_code(folder: Path) -> tuple[str, str, list[dict]]:
 def load_remote_model(folder: Path, auto_class: str, dtype: torch.dtype):
     """The folder's own model class through trust_remote_code, strictly (common.strict_load): every weight in the
     checkpoint loaded and every parameter of the model found there, or UserError (never a model with random parts)."""
-    import transformers
-
     load = partial(getattr(transformers, auto_class).from_pretrained, folder, trust_remote_code=True, dtype=dtype)
     try:
         return load_strictly(load, folder, hint=f"check the checkpoint, or drop --remote_code to use {PATCHED_CODE}")

@@ -35,7 +35,10 @@ import urllib.request
 import warnings
 from pathlib import Path
 
+from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
+
 from common.cli import ArgumentParser, UserError, positive_int, run_main
+from common.results import check_outputs, run_metadata, write_json  # torch only once run_metadata is called
 
 DEFAULT_TIMEOUT_S = 60  # per request; a cold server's first image request can take a while
 TEXT_PROMPT = "Reply with the word OK."
@@ -78,8 +81,6 @@ def normalize_base_url(text: str) -> str:
 
 def render_text_image(text: str = DEFAULT_IMAGE_TEXT) -> bytes:
     """A PNG of one black line of text on white, drawn with PIL's default font (scalable where PIL has FreeType)."""
-    from PIL import Image, ImageDraw, ImageFont
-
     try:
         font = ImageFont.load_default(size=32)
     except (TypeError, ImportError, OSError):  # old PIL or no FreeType: the small bitmap font
@@ -94,8 +95,6 @@ def render_text_image(text: str = DEFAULT_IMAGE_TEXT) -> bytes:
 
 def load_image_png(path: str) -> bytes:
     """Any image PIL can read, re-encoded as PNG (the data URL says image/png). Raises UserError otherwise."""
-    from PIL import Image, UnidentifiedImageError
-
     file = Path(path)
     if not file.is_file():
         raise UserError(f"--image {path!r} does not exist or is not a file")
@@ -272,8 +271,6 @@ def main(args) -> int:
         raise UserError("--model is empty; pass the name the server serves (see GET /v1/models)")
     check_api_key(args.api_key)
     if args.output:
-        from common.results import check_outputs
-
         check_outputs({"--output": args.output})  # before any request: the checks' result must not be lost
     png = load_image_png(args.image) if args.image else render_text_image()
     server = Server(base_url, args.model, args.timeout, args.api_key)
@@ -294,8 +291,6 @@ def main(args) -> int:
         print(format_line(results[-1]), flush=True)
     ready = len(results) == len(checks) and all(r["passed"] for r in results)
     if args.output:
-        from common.results import run_metadata, write_json
-
         write_json(args.output, {"meta": run_metadata(), "base_url": base_url, "model": args.model, "ready": ready,
                                  "image": args.image or f"rendered: {DEFAULT_IMAGE_TEXT!r}", "checks": results})
     return 0 if ready else 1

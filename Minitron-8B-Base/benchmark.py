@@ -35,11 +35,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
+from transformers import StaticCache
 
 from common.device import empty_cache, peak_memory, reset_peak_memory, synchronize
 from common.cli import ArgumentParser, UserError, check_at_most, non_negative_int, positive_int, run_main
 from common.parity import NEAR_TIE_FACTOR, first_divergence, near_tie
-from common.results import check_result_outputs, default_result_path, model_tag, result_record, save_figure, write_json
+from common.results import check_result_outputs, model_tag, result_path, result_record, save_figure, write_json
 from common.bench import (BASELINE_DTYPE, add_baseline_device_arg, add_device_vs_cpu, attach_baseline,
                           baseline_record, ratio_text, request_aggregate, request_metrics, resolve_baseline_device)
 from common.timing import copy_bandwidth_gbs
@@ -96,7 +98,7 @@ class StaticDecoder:
         self.lm, self.model = lm, lm.model
         self.compiled = compile and lm.device.type != "mps"  # inductor has no MPS backend
         if self.compiled and lm.device.type == "cpu":
-            import torch._inductor.config as inductor_config
+            import torch._inductor.config as inductor_config  # lazy: loads inductor (~1 s), for this path only
 
             inductor_config.freezing = True  # weights become constants: oneDNN-prepacked linears on CPU
             inductor_config.cpp_wrapper = True  # the compiled step is called from C++, not a Python wrapper
@@ -123,8 +125,6 @@ class StaticDecoder:
                           cache_position=torch.arange(ids.shape[1], device=ids.device)).logits[:, -1]
 
     def _cache(self, batch: int, length: int):
-        from transformers import StaticCache
-
         key = (batch, length)
         if self.cache_key != key:  # reused between requests of the same shape (compiled graphs see the same buffers)
             self.cache = StaticCache(config=self.model.config, max_cache_len=length)
@@ -203,9 +203,9 @@ def divergences(lm: CausalLM, fast: StaticDecoder, ids: torch.Tensor, ours: torc
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
+    import matplotlib  # lazy: heavy, and only a run that plots needs it (never --help or a refused flag)
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # before pyplot loads: no display is needed or assumed
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
@@ -255,8 +255,6 @@ def build_parser() -> ArgumentParser:
 def time_paths(runners: dict, prompts: torch.Tensor, args, lm: CausalLM, fast: StaticDecoder):
     """The timed loop: every batch on both paths, interleaved in alternating order so that drift hits both;
     the greedy tokens compared (outside the timed region). Returns (rows, wall seconds, identical, divergences)."""
-    from tqdm import tqdm
-
     rows, wall = {name: [] for name in PATHS}, {name: 0.0 for name in PATHS}
     identical, parted = 0, []
     bar = tqdm(total=args.num_requests // args.batch_size, desc="benchmark", unit="batch", file=sys.stderr)
@@ -356,7 +354,7 @@ def main(args) -> int:
     lm = CausalLM(args.model_path, device=args.device, dtype=args.dtype, before_weights=lambda tokenizer, config:
                   check_context(config, args.input_tokens + args.output_tokens, "--input_tokens + --output_tokens",
                                 tokenizer))
-    output = Path(args.output or default_result_path(HERE, "benchmark", lm.spec, lm.device, lm.dtype_name))
+    output = result_path(args.output, HERE, "benchmark", lm.spec, lm.device, lm.dtype_name)
     check_result_outputs(output, plot=not args.no_plot)
     prompts = random_prompts(lm, args.num_requests, args.input_tokens)
     reset_peak_memory(lm.device)

@@ -29,9 +29,9 @@ from common.diagnostics.eval_hooks import Probe, add_diagnosis_args, locate_if_n
 from common.device import dtype_name, resolve_device, resolve_dtype
 from common.cli import ArgumentParser, positive_int, run_main
 from common.parity import format_greedy, format_parity, greedy_parity, parity, verdict
-from common.results import check_outputs, default_result_path, result_record, write_json
+from common.results import check_outputs, result_path, result_record, write_json
 from common.textio import read_lines
-from inference import MODEL_NAME, CausalLM, add_model_args, check_fits, model_spec, plain_greedy
+from inference import MODEL_NAME, CausalLM, add_model_args, check_fits, left_padded, model_spec, plain_greedy
 
 HERE = Path(__file__).resolve().parent
 PARITY_BATCH_SIZE = 4  # several batches of mixed lengths, so left padding is exercised on both sides
@@ -70,26 +70,15 @@ def all_prompts(extra_file: str | None) -> list[str]:
     return list(PROBE_PROMPTS) + (read_lines(extra_file, "--file")[0] if extra_file else [])
 
 
-def left_padded(seqs: list[list[int]], pad_id: int, device) -> dict:
-    """input_ids, attention_mask and position_ids of left-padded rows: positions start at 0 at each row's first
-    real token (what generate() derives from the mask; a plain forward would count from the padding instead)."""
-    width = max(map(len, seqs))
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        ids[row, width - len(seq):] = torch.tensor(seq)
-        mask[row, width - len(seq):] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "position_ids": positions.to(device)}
-
-
 @torch.inference_mode()
 def logits_of(lm: CausalLM, seqs: list[list[int]]) -> list[np.ndarray]:
     """Every real position's next-token logits of each sequence: one (len, vocab) float32 array per sequence."""
     out = []
     for start in range(0, len(seqs), PARITY_BATCH_SIZE):
         batch = seqs[start: start + PARITY_BATCH_SIZE]
-        logits = lm.model(**left_padded(batch, lm.tokenizer.pad_token_id, lm.device), use_cache=False).logits
+        # a plain forward: position_ids from each row's first real token, as generate() derives them
+        inputs = left_padded(batch, lm.tokenizer.pad_token_id, lm.device, positions=True)
+        logits = lm.model(**inputs, use_cache=False).logits
         out += [logits[row, logits.shape[1] - len(seq):].float().cpu().numpy() for row, seq in enumerate(batch)]
     return out
 
@@ -104,8 +93,8 @@ def greedy(lm: CausalLM, seqs: list[list[int]], max_new_tokens: int) -> list[lis
     """Plain greedy continuations, each up to and including its first end-of-sequence token."""
     stop, out = eos_ids(lm), []
     for start in range(0, len(seqs), PARITY_BATCH_SIZE):
+        # no position_ids: generate() derives them from the mask, step by step
         batch = left_padded(seqs[start: start + PARITY_BATCH_SIZE], lm.tokenizer.pad_token_id, lm.device)
-        batch.pop("position_ids")  # generate() derives them from the mask, step by step
         with plain_greedy(lm.model):
             new = lm.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
         for row in new[:, batch["input_ids"].shape[1]:].tolist():
@@ -143,8 +132,8 @@ def diagnosis_probe(test: CausalLM, reference: CausalLM, seqs: list[list[int]]) 
     """One left-padded batch of the first DIAGNOSIS_BATCH_SIZE sequences (prompts + the reference's continuations
     for --locate; the prompts alone for --trace_ops, which runs before anything is generated), both sides."""
     batch = seqs[:DIAGNOSIS_BATCH_SIZE]
-    test_inputs = left_padded(batch, test.tokenizer.pad_token_id, test.device)
-    reference_inputs = left_padded(batch, reference.tokenizer.pad_token_id, reference.device)
+    test_inputs = left_padded(batch, test.tokenizer.pad_token_id, test.device, positions=True)
+    reference_inputs = left_padded(batch, reference.tokenizer.pad_token_id, reference.device, positions=True)
     return Probe(test.model, reference.model, lambda: test.model(**test_inputs, use_cache=False),
                  lambda: reference.model(**reference_inputs, use_cache=False), test.device, test.dtype,
                  f"{len(batch)} sequences, {sum(map(len, batch))} tokens, left-padded")
@@ -153,8 +142,8 @@ def diagnosis_probe(test: CausalLM, reference: CausalLM, seqs: list[list[int]]) 
 def output_path(args) -> Path:
     """--output (or the default result path), checked writable before the two models load."""
     device = resolve_device(args.device)
-    output = Path(args.output or default_result_path(HERE, "parity", model_spec(args.model_path), device,
-                                                     dtype_name(resolve_dtype(args.dtype, device))))
+    output = result_path(args.output, HERE, "parity", model_spec(args.model_path), device,
+                         dtype_name(resolve_dtype(args.dtype, device)))
     check_outputs({"--output": output})
     return output
 

@@ -36,12 +36,14 @@ import json
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 from common.compare import DEFAULT_TOLERANCE_POINTS, baseline_comparison, format_comparison, paired_comparison
 from common.device import dtype_name, resolve_device, resolve_dtype
 from common.cli import (ArgumentParser, UserError, finite_float, non_negative_float, non_negative_int,
                            positive_int, probability, run_main)
-from common.results import (append_run_record, check_outputs, check_writable, default_result_path, open_run_log,
-                            read_jsonl, result_record, write_json)
+from common.results import (append_run_record, check_outputs, check_writable, open_run_log, read_jsonl, result_path,
+                            result_record, write_json)
 # the data and scoring live in sibling modules; re-exported here, where tests and users have always found them
 from gsm8k_data import (FEWSHOT_SEED, HUB_DATASET, MODELSCOPE_DATASET, build_prompt, doc_to_text,  # noqa: F401
                         fewshot_ids, fingerprint, load_data, load_splits)
@@ -229,8 +231,6 @@ def build_parser() -> ArgumentParser:
 def generate_all(lm: CausalLM, test: list[dict], train: list[dict], shots: list[list[int]], doc_ids: list[int],
                  records: list[dict], log: Path, config: dict, args) -> None:
     """Every (run, question) not in the log yet, in batches; each sample is scored and appended as it finishes."""
-    from tqdm import tqdm
-
     done = {(r["run"], r["doc_id"]) for r in records}
     bar = tqdm(total=args.num_runs * len(doc_ids), initial=len(done), desc="gsm8k", unit="sample", file=sys.stderr)
     try:
@@ -273,8 +273,8 @@ def output_paths(args) -> tuple[Path, Path]:
     """The summary JSON and the per-sample log, checked before any work: each writable, and never one file (a
     summary named x.jsonl would overwrite its own log, which a --resume then could not read)."""
     device = resolve_device(args.device)  # resolved before the model loads: a bad device fails at once
-    output = Path(args.output or default_result_path(HERE, "task", model_spec(args.model_path), device,
-                                                     dtype_name(resolve_dtype(args.dtype, device)), "_gsm8k"))
+    output = result_path(args.output, HERE, "task", model_spec(args.model_path), device,
+                         dtype_name(resolve_dtype(args.dtype, device)), "_gsm8k")
     log = Path(args.log) if args.log else output.with_suffix(".jsonl")
     check_outputs({"--output": output, "--log" if args.log else "the per-sample log beside --output": log})
     return output, log

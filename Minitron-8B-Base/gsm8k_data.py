@@ -16,6 +16,9 @@ import json
 import random
 from pathlib import Path
 
+import huggingface_hub
+import pandas as pd  # parquet (the hub's format) needs pandas + pyarrow, both in requirements-base.txt
+
 from common.cli import UserError, check_at_most
 from common.model_path import hub_reachable
 from common.textio import read_text_file
@@ -55,7 +58,6 @@ def _read_table(path: Path) -> list[dict]:
     """One split from a .jsonl file (the original release) or a .parquet file (the hub mirrors)."""
     if path.suffix == ".jsonl":
         return _read_split(path)
-    import pandas as pd  # parquet needs pandas + pyarrow, both in requirements-base.txt
     df = pd.read_parquet(path)
     docs = [_record({"question": q, "answer": a}, f"{path} row {n}")
             for n, (q, a) in enumerate(zip(df["question"], df["answer"]))]
@@ -79,11 +81,10 @@ def _split_files(folder: Path) -> list[Path]:
 
 
 def _from_huggingface() -> list[Path]:
-    from huggingface_hub import hf_hub_download
-
     def fetch(split: str, cached_only: bool) -> Path:
-        return Path(hf_hub_download(HUB_DATASET, f"main/{split}-00000-of-00001.parquet", repo_type="dataset",
-                                    local_files_only=cached_only))
+        # looked up on the module at call time, so a test can stand in for the download
+        return Path(huggingface_hub.hf_hub_download(HUB_DATASET, f"main/{split}-00000-of-00001.parquet",
+                                                    repo_type="dataset", local_files_only=cached_only))
     try:
         return [fetch(s, cached_only=True) for s in SPLITS]
     except Exception:

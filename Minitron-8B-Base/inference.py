@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import math
 import os
 import shutil
 import sys
@@ -30,11 +29,16 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TextStreamer
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+from transformers.utils import logging as hf_logging
 
 from common.device import dtype_name, resolve_device, resolve_dtype
 from common.cli import (ArgumentParser, UserError, check_at_most, first_line, non_negative_float, positive_int,
                            probability, run_main)
+from common.cli import add_model_args as add_common_model_args
 from common.model_path import cache_dir, resolve_model_path
+from common.sampling import sampling_kwargs
 from common.strict_load import load_strictly
 
 # The port's identity: `python -m common.porting.new_port` rewrites these lines when it copies this folder.
@@ -80,8 +84,6 @@ def _load_gguf(gguf: Path, dtype: torch.dtype):
 
 def _gguf_tokenizer_and_config(gguf: Path):
     _check_gguf_packages()
-    from transformers import AutoConfig, AutoTokenizer
-
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
         config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
@@ -91,8 +93,6 @@ def _gguf_tokenizer_and_config(gguf: Path):
 
 
 def _gguf_weights(gguf: Path, config, dtype: torch.dtype):
-    from transformers import AutoModelForCausalLM
-
     try:
         return AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, config=config, dtype=dtype,
                                                     trust_remote_code=False)
@@ -135,9 +135,6 @@ def load_tokenizer_and_config(model_path: str | None):
     """(tokenizer, config, source) of a folder, a hub id, a .gguf file or the `smollm2` alias, without the weights:
     what the checks before a long load need (the context length, the prompt's tokens). One-line errors; a model
     that is not a decoder-only LM (T5, BERT) is refused here, from its config."""
-    from transformers import AutoConfig, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()
     spec = model_spec(model_path)
     if spec == SMOLLM2_ALIAS:
@@ -160,8 +157,6 @@ def load_tokenizer_and_config(model_path: str | None):
 
 def check_causal_lm(config, spec: str) -> None:
     """Refuse, from the config alone, a model that transformers cannot run as a decoder-only LM."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
-
     if getattr(config, "is_encoder_decoder", False):
         raise UserError(f"{spec!r} holds an encoder-decoder model ({config.model_type}), not a causal LM; use its "
                         "own port (e.g. google_flan-t5-small/ for T5)")
@@ -175,8 +170,6 @@ def check_causal_lm(config, spec: str) -> None:
 
 def load_weights(source: Path, config, dtype: torch.dtype):
     """The model of `load_tokenizer_and_config`'s source, every tensor checked (common.strict_load)."""
-    from transformers import AutoModelForCausalLM
-
     if source.suffix == ".gguf":
         return _gguf_weights(source, config, dtype)
     try:
@@ -255,8 +248,6 @@ def plain_greedy(model):
     every setting left unset from model.generation_config, and checkpoints ship processors there (Qwen2.5:
     repetition_penalty 1.05 and sampling; others beams, suppressed or forced tokens), so a comparison with another
     decode loop or device would compare different decoding rules. Only the special token ids are kept."""
-    from transformers import GenerationConfig
-
     saved = model.generation_config
     model.generation_config = GenerationConfig(bos_token_id=saved.bos_token_id, eos_token_id=saved.eos_token_id,
                                                pad_token_id=saved.pad_token_id)
@@ -295,20 +286,11 @@ class CausalLM:
         return sum(p.numel() * p.element_size() for p in self.model.parameters())
 
     def encode(self, prompts: list[str]) -> dict:
-        """Left-padded batch on the device (left padding keeps every row's last token at the end): input_ids and
-        attention_mask only. Some tokenizers also return token_type_ids (Falcon's), which generate() refuses for
-        most causal LMs and GPT-2 would add to its embeddings."""
-        batch = self.tokenizer(list(prompts), return_tensors="pt", padding=True)
-        return {k: batch[k].to(self.device) for k in ("input_ids", "attention_mask")}
-
-    def sampling_kwargs(self, temperature: float, top_p: float) -> dict:
-        if not (math.isfinite(temperature) and temperature >= 0):  # nan passes a plain `< 0` test
-            raise UserError(f"temperature must be a finite number >= 0, got {temperature}")
-        if not 0 < top_p <= 1:
-            raise UserError(f"top_p must be in (0, 1], got {top_p}")
-        if temperature == 0:
-            return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        return {"do_sample": True, "temperature": float(temperature), "top_p": float(top_p), "top_k": 0}
+        """The prompts tokenized (the tokenizer's own special tokens) into a left-padded batch on the device:
+        input_ids and attention_mask only. Some tokenizers also return token_type_ids (Falcon's), which generate()
+        refuses for most causal LMs and GPT-2 would add to its embeddings."""
+        ids = self.tokenizer(list(prompts))["input_ids"]
+        return left_padded(ids, self.tokenizer.pad_token_id, self.device)
 
     @torch.inference_mode()
     def generate(self, prompts, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, temperature: float = 0.0,
@@ -322,7 +304,7 @@ class CausalLM:
             raise UserError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if not prompts:
             return []
-        kwargs = self.sampling_kwargs(temperature, top_p)
+        kwargs = sampling_kwargs(temperature, top_p)  # validated before anything is tokenized
         if seed is not None:
             torch.manual_seed(seed)
         batch = self.encode(prompts)
@@ -335,6 +317,23 @@ class CausalLM:
         return [cut_at_stop(t, stop) for t in texts]
 
 
+def left_padded(seqs: list[list[int]], pad_id: int, device, positions: bool = False) -> dict:
+    """input_ids and attention_mask of token-id rows, padded on the left with `pad_id`, on `device`: every row's
+    last token is in the last column, where generation continues. The one padding rule of this folder (CausalLM,
+    the parity check and the server). positions=True adds position_ids counted from each row's first real token:
+    what generate() derives from the mask, which a plain forward would otherwise count from the padding."""
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+        mask[row, width - len(seq):] = 1
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if positions:
+        batch["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 def cut_at_stop(text: str, stop: list[str] | None) -> str:
     """Text before the earliest stop string (lm-eval's `until`)."""
     for s in stop or ():
@@ -344,11 +343,10 @@ def cut_at_stop(text: str, stop: list[str] | None) -> str:
     return text
 
 
-def add_model_args(parser) -> None:
-    parser.add_argument("--model_path", default=None,
-                        help=f"folder, hub id, .gguf file, or '{SMOLLM2_ALIAS}' (default {DEFAULT_MODEL})")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | npu[:N] | mps")
-    parser.add_argument("--dtype", default="auto", help="auto (bf16 on accelerators, fp32 on CPU) | fp32 | bf16 | fp16")
+def add_model_args(parser: ArgumentParser) -> ArgumentParser:
+    """--model_path, --device, --dtype (common.cli): shared by every script here (this folder adds no model flag)."""
+    return add_common_model_args(parser, model_help=f"folder, hub id, .gguf file, or '{SMOLLM2_ALIAS}' (default "
+                                                    f"{DEFAULT_MODEL})")
 
 
 def build_parser() -> ArgumentParser:
@@ -387,8 +385,6 @@ def checked_prompt(args, tokenizer, config) -> str:
 
 
 def main(args) -> int:
-    from transformers import TextStreamer
-
     if not args.prompt.strip():  # an empty prompt gives the model no position to start from
         raise UserError("--prompt is empty; give the text to continue, e.g. --prompt \"The capital of France is\"")
     if args.seed is not None and not SEED_RANGE[0] <= args.seed <= SEED_RANGE[1]:

@@ -17,6 +17,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import NemotronConfig, NemotronForCausalLM, PreTrainedTokenizerFast
+
 from common.cli import ArgumentParser, run_main
 from common.results import check_output_folder
 from common.results import mark_test_checkpoint
@@ -42,9 +46,6 @@ CORPUS = [
 
 def train_tokenizer():
     """A byte-level BPE tokenizer (any text encodes) with <unk> <pad> <s> </s>, learned from CORPUS."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -57,9 +58,6 @@ def train_tokenizer():
 
 def build_own(folder: Path) -> Path:
     """The tiny NemotronForCausalLM (config, safetensors weights, tokenizer) in `folder`."""
-    import torch
-    from transformers import NemotronConfig, NemotronForCausalLM
-
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer()
     config = NemotronConfig(vocab_size=VOCAB_SIZE, pad_token_id=tokenizer.pad_token_id, **TINY_CONFIG)

@@ -23,7 +23,8 @@ from common.serving.server import build_parser as serving_parser
 from common.serving.server import serve
 from common.serving.protocol import ChatMessage, has_images, message_text
 from common.serving.generation import hf_sampling
-from inference import DEFAULT_MAX_NEW_TOKENS, MODEL_NAME, CausalLM, add_model_args, check_fits, context_limit
+from inference import (DEFAULT_MAX_NEW_TOKENS, MODEL_NAME, CausalLM, add_model_args, check_fits, context_limit,
+                       left_padded)
 
 CHAT_ROLES = {"developer": "system"}  # OpenAI's newer name for the system role; chat templates know "system"
 
@@ -85,15 +86,8 @@ class CausalLMBackend(GenerationBackend):
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def batch(self, prompts: list[Prompt]) -> dict:
-        """input_ids + attention_mask left-padded with the tokenizer's pad id: what CausalLM.encode builds, from ids."""
-        length = max(len(p.payload) for p in prompts)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.full((len(prompts), length), pad, dtype=torch.long)
-        mask = torch.zeros((len(prompts), length), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            ids[row, length - len(prompt.payload):] = torch.tensor(prompt.payload, dtype=torch.long)
-            mask[row, length - len(prompt.payload):] = 1
-        return {"input_ids": ids.to(self.lm.device), "attention_mask": mask.to(self.lm.device)}
+        """input_ids + attention_mask left-padded with the tokenizer's pad id: CausalLM.encode's batch, from ids."""
+        return left_padded([p.payload for p in prompts], self.tokenizer.pad_token_id, self.lm.device)
 
     @torch.inference_mode()
     def generate(self, prompts: list[Prompt], sampling: Sampling, hooks: dict) -> None:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from common.device import peak_memory, reset_peak_memory, synchronize
 from common.cli import ArgumentParser, UserError, check_at_most, positive_int, run_main
-from common.results import check_result_outputs, default_result_path, result_record, save_figure, write_json
+from common.results import check_result_outputs, result_path, result_record, save_figure, write_json
 from common.textio import read_lines
 from common.bench import (BASELINE_DTYPE, add_baseline_device_arg, add_device_vs_cpu, attach_baseline,
                           baseline_record, ratio_text, resolve_baseline_device)
@@ -167,9 +167,9 @@ def format_row(row: dict) -> str:
 
 
 def plot(rows: list[dict], title: str, path: Path) -> None:
-    import matplotlib
+    import matplotlib  # lazy: heavy, and only a run that plots needs it (never --help or a refused flag)
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # before pyplot loads: no display is needed or assumed
     import matplotlib.pyplot as plt
 
     sizes = [r["batch_size"] for r in rows]
@@ -240,15 +240,14 @@ def main(args) -> int:
     first_call_s = time.perf_counter() - start
     peer = None
     if not args.no_peer:
-        from sentence_transformers import SentenceTransformer
+        from sentence_transformers import SentenceTransformer  # optional (--no_peer runs without it), and slow
 
         peer = SentenceTransformer(str(encoder.model_dir), device=str(encoder.device))  # the same folder
     suffix = "_compiled" if args.compile else ""
     label = f"{encoder.device.type}_{encoder.dtype_name}{suffix}"
     print(f"{len(texts)} texts, batch sizes {batch_sizes}, {args.repeats} timed passes each, {label}; "
           f"{encoder.describe()}")
-    output = Path(args.output or default_result_path(HERE, "benchmark", encoder.model_dir, encoder.device,
-                                                     encoder.dtype_name, suffix))
+    output = result_path(args.output, HERE, "benchmark", encoder.model_dir, encoder.device, encoder.dtype_name, suffix)
     check_result_outputs(output)
     rows = run_sweep(encoder, peer, texts, batch_sizes, args.repeats)
     synchronize(encoder.device)
@@ -279,6 +278,7 @@ def main(args) -> int:
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(description=f"Benchmark {MODEL_CLASS} vs {PEER} on the same model folder.")
+    add_model_args(p)
     p.add_argument("--batch_sizes", default=DEFAULT_BATCH_SIZES, help="comma-separated, e.g. 1,4,16,32,64")
     p.add_argument("--num_texts", type=positive_int, default=DEFAULT_NUM_TEXTS, help="size of the synthetic workload")
     p.add_argument("--batch_file", help="benchmark these texts (one per line) instead of the synthetic workload")
@@ -286,7 +286,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--no_peer", action="store_true", help="skip SentenceTransformer (e.g. when it is not installed)")
     p.add_argument("--output", help="result JSON (default results/benchmark_<model>_<device>_<dtype>[_compiled].json)")
     add_baseline_device_arg(p)
-    return add_model_args(p)
+    return p
 
 
 if __name__ == "__main__":

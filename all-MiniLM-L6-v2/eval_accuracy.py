@@ -21,10 +21,12 @@ import torch
 
 from common.diagnostics.eval_hooks import Probe, add_diagnosis_args, eager, locate_if_needed, trace_if_asked
 from common.cli import ArgumentParser, run_main
+from common.device import dtype_name, resolve_device, resolve_dtype
+from common.model_path import resolve_model_path
 from common.parity import format_parity, parity, verdict
-from common.results import check_outputs, result_record, write_json
+from common.results import check_outputs, result_path, result_record, write_json
 from common.textio import read_lines
-from inference import MODEL_CLASS, MODEL_NAME, MiniLMEncoder, add_model_args, planned_result_path
+from inference import DEFAULT_MODEL, MODEL_CLASS, MODEL_NAME, MiniLMEncoder, add_model_args
 
 HERE = Path(__file__).resolve().parent
 # The seed's protocol: 24 fixed texts covering scripts, punctuation, digits and lengths from one word to ~250 tokens.
@@ -93,7 +95,9 @@ def main(args) -> int:
     texts = list(PROBE_TEXTS)
     if args.file:
         texts += read_lines(args.file, "--file")[0]
-    output = planned_result_path(args, "parity", "_compiled" if args.compile else "")
+    device = resolve_device(args.device)  # the default output names the device and dtype: resolved before loading
+    output = result_path(args.output, HERE, "parity", resolve_model_path(args.model_path, default=DEFAULT_MODEL),
+                         device, dtype_name(resolve_dtype(args.dtype, device)), "_compiled" if args.compile else "")
     check_outputs({"--output": output})  # before either model loads
     test = MiniLMEncoder(args.model_path, args.device, args.dtype, compile=args.compile)
     reference = MiniLMEncoder(args.model_path, "cpu", "fp32")
@@ -120,10 +124,11 @@ def main(args) -> int:
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(description=f"Parity of {MODEL_CLASS} ({MODEL_NAME} or another sentence-transformers model) "
                                "on a device+dtype vs the CPU fp32 reference.")
+    add_model_args(p)
     p.add_argument("--file", help="extra texts, one per line, appended to the 24 built-in ones")
     p.add_argument("--output", help="result JSON (default results/parity_<model>_<device>_<dtype>[_compiled].json)")
     add_diagnosis_args(p)
-    return add_model_args(p)
+    return p
 
 
 if __name__ == "__main__":

@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from common.cli import ArgumentParser, positive_int, run_main
-from common.results import check_outputs, result_record, write_json
+from common.device import dtype_name, resolve_device, resolve_dtype
+from common.model_path import resolve_model_path
+from common.results import check_outputs, result_path, result_record, write_json
 from common.stsb import correlations, load_pairs, select_pairs
-from inference import (DEFAULT_BATCH_SIZE, MODEL_NAME, MiniLMEncoder, add_model_args, check_batch_size,
-                       planned_result_path)
+from inference import DEFAULT_BATCH_SIZE, DEFAULT_MODEL, MODEL_NAME, MiniLMEncoder, add_model_args, check_batch_size
 
 HERE = Path(__file__).resolve().parent
 METRIC = "STS-B Spearman x100"  # the headline: what MTEB's STSBenchmark column reports (cosine Spearman)
@@ -49,7 +50,9 @@ def main(args) -> int:
     check_batch_size(args.batch_size)  # everything a user passes is checked before the model loads
     pairs, source, digest = load_pairs(args.data)
     pairs = select_pairs(pairs, args.limit)
-    output = planned_result_path(args, "task", "_stsb")
+    device = resolve_device(args.device)  # the default output names the device and dtype: resolved before loading
+    output = result_path(args.output, HERE, "task", resolve_model_path(args.model_path, default=DEFAULT_MODEL),
+                         device, dtype_name(resolve_dtype(args.dtype, device)), "_stsb")
     check_outputs({"--output": output})
     encoder = MiniLMEncoder(args.model_path, args.device, args.dtype, compile=args.compile)
     print(f"STS-B: {len(pairs)} pairs from {source} on {encoder.device} ({encoder.dtype_name}); "
@@ -76,11 +79,12 @@ def main(args) -> int:
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(description=f"STS Benchmark test split with {MODEL_NAME} (or another sentence-transformers "
                                    "model): Spearman/Pearson of cosine vs gold, with bootstrap 95% intervals.")
+    add_model_args(p)
     p.add_argument("--data", help="local STS-B test file (.tsv with header score/sentence1/sentence2, or .jsonl)")
     p.add_argument("--limit", type=positive_int, help="score only the first N pairs")
     p.add_argument("--batch_size", type=positive_int, default=DEFAULT_BATCH_SIZE)
     p.add_argument("--output", help="result JSON (default results/task_<model>_<device>_<dtype>_stsb.json)")
-    return add_model_args(p)
+    return p
 
 
 if __name__ == "__main__":

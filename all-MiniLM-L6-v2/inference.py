@@ -27,13 +27,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tokenizers.normalizers import Lowercase, Sequence
 from tqdm.auto import tqdm
+from transformers import AutoModel, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from common.device import dtype_name, resolve_device, resolve_dtype
 from common.cli import ArgumentParser, UserError, check_at_most, first_line, positive_int, run_main
+from common.cli import add_model_args as add_common_model_args
 from common.model_path import resolve_model_path
 from common.pooling import l2_normalize, pool
-from common.results import atomic_file, check_outputs, default_result_path
+from common.results import atomic_file, check_outputs
 from common.strict_load import load_strictly
 from common.textio import read_lines
 from st_checkpoint import Checkpoint, load_dense, read_checkpoint
@@ -65,9 +69,6 @@ def tokenizer_settings(settings: dict) -> dict:
 
 def load_transformer(checkpoint: Checkpoint, dtype: torch.dtype):
     """Tokenizer and model from the Transformer module's folder; load errors and missing weights are one line."""
-    from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()  # the per-tensor "Loading weights" bar is noise for a small model
     folder = checkpoint.transformer_dir
     try:
@@ -90,8 +91,6 @@ def load_transformer(checkpoint: Checkpoint, dtype: torch.dtype):
 
 def lowercase_inputs(tokenizer) -> None:
     """do_lower_case: put a Lowercase normalizer in front of the tokenizer's own, as sentence-transformers does."""
-    from tokenizers.normalizers import Lowercase, Sequence
-
     if not tokenizer.is_fast:
         raise UserError("sentence_bert_config.json sets do_lower_case, which needs a fast tokenizer (tokenizer.json)")
     normalizer = tokenizer.backend_tokenizer.normalizer
@@ -315,16 +314,6 @@ def gather_texts(args) -> list[str]:
     return texts
 
 
-def planned_result_path(args, kind: str, suffix: str = "") -> Path:
-    """--output, or the default result path (the same one the loaded encoder would give), worked out before the
-    model loads so that the scripts can check it first."""
-    if args.output:
-        return Path(args.output)
-    device = resolve_device(args.device)
-    model_dir = resolve_model_path(args.model_path, default=DEFAULT_MODEL)
-    return default_result_path(HERE, kind, model_dir, device, dtype_name(resolve_dtype(args.dtype, device)), suffix)
-
-
 def check_batch_size(batch_size: int, flag: str = "--batch_size") -> None:
     check_at_most(batch_size, MAX_BATCH_SIZE, flag, "this port's MAX_BATCH_SIZE")
 
@@ -357,27 +346,25 @@ def main(args) -> int:
     return 0
 
 
-def add_model_args(p: ArgumentParser) -> ArgumentParser:
-    """The flags that choose the model, device and precision: shared by every script in this folder."""
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | npu[:N] | mps")
-    p.add_argument("--dtype", default="auto",
-                   help="auto | fp32 | bf16 | fp16 (auto: fp32 on CPU, bf16 on accelerators)")
-    p.add_argument("--model_path", default=None,
-                   help=f"a sentence-transformers (or plain Hugging Face) model folder or hub id (default: the "
-                        f"embedded {MODEL_NAME} weights)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (one-time warm-up, faster after)")
-    return p
+def add_model_args(parser: ArgumentParser) -> ArgumentParser:
+    """--model_path, --device, --dtype (common.cli) and this folder's --compile: shared by every script here."""
+    add_common_model_args(parser, model_help=f"a sentence-transformers (or plain Hugging Face) model folder or hub "
+                                             f"id (default: the embedded {MODEL_NAME} weights)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model (one-time warm-up, faster after)")
+    return parser
 
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(description=f"Encode texts with {MODEL_NAME} or another sentence-transformers model.")
+    add_model_args(p)
     p.add_argument("--text", action="append", help="a text to encode (repeatable)")
     p.add_argument("--batch_file", help="UTF-8 file with one text per line (blank lines are skipped)")
     p.add_argument("--batch_size", type=positive_int, default=DEFAULT_BATCH_SIZE)
     p.add_argument("--max_seq_length", type=positive_int, default=None,
                    help="truncate texts to this many tokens (default: the checkpoint's own limit)")
     p.add_argument("--output", help="write embeddings to .npy or .jsonl")
-    return add_model_args(p)
+    return p
 
 
 if __name__ == "__main__":

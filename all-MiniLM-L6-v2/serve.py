@@ -65,15 +65,16 @@ class MiniLMBackend(EmbeddingBackend):
 
     def embed(self, inputs: list[Prompt]):
         # One padded forward pass: padding is masked out by the pooling, so a row's vector does not depend on
-        # the other rows (tests/test_serve_minilm.py checks it against encode(), which batches by length)
+        # the other rows (tests/all_minilm_l6_v2/test_serve.py checks it against encode(), which batches by length)
         return self.encoder.embed_batch([p.payload for p in inputs]).float().cpu().numpy()
 
 
 def build_parser():
     parser = serve_parser(__doc__.split("\n")[0], default_name=MODEL_NAME)
+    add_model_args(parser)
     parser.add_argument("--max_seq_length", type=positive_int, default=None,
                         help="refuse inputs longer than this many tokens (default: the checkpoint's own limit)")
-    return add_model_args(parser)
+    return parser
 
 
 def main(args) -> int:

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
+from transformers import CONFIG_MAPPING
 
 from common.cli import UserError, first_line
 from common.pooling import LEGACY_MODE_KEYS, pooling_modes
@@ -125,8 +127,6 @@ def check_architecture(folder: Path, plain: bool) -> None:
         what = "neither modules.json nor config.json" if plain else "no config.json"
         raise UserError(f"{str(folder)!r} has {what}: it is not a sentence-transformers or Hugging Face model "
                         "folder; pass one to --model_path")
-    from transformers import CONFIG_MAPPING
-
     config = read_json(folder / "config.json", "config.json")
     model_type = config.get("model_type") or "no model_type"
     arch = f"{(config.get('architectures') or ['an unnamed architecture'])[0]} ({model_type})"
@@ -263,8 +263,6 @@ def load_dense(layer: DenseLayer) -> DenseModule:
         raise UserError(f"Dense folder {str(layer.folder)!r} has no model.safetensors or pytorch_model.bin")
     try:
         if safetensors.exists():
-            from safetensors.torch import load_file
-
             weights = load_file(str(safetensors))
         else:
             weights = torch.load(pickle, map_location="cpu", weights_only=True)

@@ -52,6 +52,20 @@ class ArgumentParser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
+DEVICE_HELP = "auto | cpu | cuda[:N] | npu[:N] | mps"
+DTYPE_HELP = "auto (bf16 on accelerators, fp32 on CPU) | fp32 | bf16 | fp16"
+
+
+def add_model_args(parser: ArgumentParser, *, model_help: str) -> ArgumentParser:
+    """--model_path (default None: the folder's DEFAULT_MODEL), --device and --dtype (both default auto), the same
+    in every model folder; `model_help` says what --model_path takes there. Each folder's inference.py wraps this
+    in its own add_model_args, which adds the folder's own model flags. Returns the parser."""
+    parser.add_argument("--model_path", default=None, help=model_help)
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--dtype", default="auto", help=DTYPE_HELP)
+    return parser
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type name when the message is empty), for one-line errors
     built from library exceptions whose messages run over several lines."""

@@ -291,6 +291,12 @@ def default_result_path(folder: str | os.PathLike, kind: str, model, device, dty
     return Path(folder) / "results" / f"{kind}_{model_tag(model)}_{device_type}_{dtype}{suffix}.json"
 
 
+def result_path(output, folder: str | os.PathLike, kind: str, model, device, dtype: str, suffix: str = "") -> Path:
+    """Where a script writes its result JSON: --output when given, else default_result_path under FOLDER/results/.
+    One planner for every script, so a default name never depends on which script wrote it."""
+    return Path(output) if output else default_result_path(folder, kind, model, device, dtype, suffix)
+
+
 def result_record(kind: str, *, device, dtype: str, model, headline: dict, **body) -> dict:
     """The JSON-ready record of one result: meta, kind, model, weights, headline, then the script's own fields."""
     if kind not in RESULT_KINDS:

@@ -28,10 +28,11 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+from transformers import AutoModelForSeq2SeqLM
 
 from common.device import device_name, peak_memory, reset_peak_memory
 from common.cli import ArgumentParser, UserError, check_at_most, non_negative_int, positive_int, run_main
-from common.results import check_result_outputs, default_result_path, result_record, save_figure, write_json
+from common.results import check_result_outputs, result_path, result_record, save_figure, write_json
 from common.bench import (BASELINE_DTYPE, add_baseline_device_arg, add_device_vs_cpu, attach_baseline,
                           baseline_record, ratio_text, resolve_baseline_device)
 from common.timing import Stopwatch, summarize, time_calls
@@ -156,9 +157,9 @@ def format_generation_row(row: dict) -> str:
 
 
 def plot(result: dict, title: str, path: Path) -> None:
-    import matplotlib
+    import matplotlib  # lazy: heavy, and only a run that plots needs it (never --help or a refused flag)
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # before pyplot loads: no display is needed or assumed
     import matplotlib.pyplot as plt
 
     enc, gen = result["encoder"], result["generation"]
@@ -228,8 +229,6 @@ def baseline_run(args, batch_sizes, prompts, device) -> dict:
 
 
 def load_peer(model: T5Summarizer):
-    from transformers import AutoModelForSeq2SeqLM
-
     return AutoModelForSeq2SeqLM.from_pretrained(model.model_dir, dtype=model.dtype,
                                                  trust_remote_code=False).to(model.device).eval()
 
@@ -250,8 +249,7 @@ def main(args) -> int:
         check_result_outputs(args.output)
     model = T5Summarizer(args.model_path, args.device, args.dtype, args.max_input_length)
     check_input_limit(model, args.input_tokens)
-    output = Path(args.output or default_result_path(HERE, "benchmark", model.model_dir, model.device,
-                                                     model.dtype_name))
+    output = result_path(args.output, HERE, "benchmark", model.model_dir, model.device, model.dtype_name)
     check_result_outputs(output)
     peer = None if args.no_peer else load_peer(model)
     label = f"{model.device.type}_{model.dtype_name}"
@@ -295,6 +293,7 @@ def main(args) -> int:
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(description=f"Benchmark {MODEL_NAME} (or any T5-family model): encoder sweep, generation "
                                    "vs transformers generate.")
+    add_model_args(p)
     p.add_argument("--encoder_batch_sizes", default=DEFAULT_ENCODER_BATCH_SIZES, help="comma-separated, e.g. 1,4,16")
     p.add_argument("--input_tokens", type=positive_int, default=DEFAULT_INPUT_TOKENS, help="encoder input length")
     p.add_argument("--requests", type=positive_int, default=DEFAULT_REQUESTS, help="generation prompts per pass")
@@ -306,7 +305,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--no_peer", action="store_true", help="skip the plain transformers comparison")
     p.add_argument("--output", help="result JSON (default results/benchmark_<model>_<device>_<dtype>.json)")
     add_baseline_device_arg(p)
-    return add_model_args(p)
+    return p
 
 
 if __name__ == "__main__":

@@ -224,10 +224,11 @@ def main(args) -> int:
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(description=f"Chat with {MODEL_NAME} (or any T5-family model), keeping the conversation as "
                                    "context.")
+    add_model_args(p)
     p.add_argument("--context", default=None,
                    help="the preamble that sets up the conversation; end it with two 'Name: text' lines to name "
                         "you (the first) and the model (the second)")
-    return add_generation_args(add_model_args(p), max_new_tokens=MAX_NEW_TOKENS)
+    return add_generation_args(p, max_new_tokens=MAX_NEW_TOKENS)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from common.cli import ArgumentParser, positive_int, run_main
 from common.parity import format_greedy, format_parity, greedy_parity, parity, verdict
 from common.device import dtype_name, resolve_device, resolve_dtype
 from common.model_path import resolve_model_path
-from common.results import check_outputs, default_result_path, result_record, write_json
+from common.results import check_outputs, result_path, result_record, write_json
 from common.textio import read_lines
 from inference import DEFAULT_MODEL, T5Summarizer, add_model_args, check_generation_args, read_examples
 from overflow import OverflowWatch, stack_of
@@ -82,11 +82,10 @@ def encoder_states(model: T5Summarizer, prompts: list[str]) -> np.ndarray:
 
 def teacher_forced_inputs(model: T5Summarizer, seqs: list[list[int]], targets: list[list[int]]) -> dict:
     """Encoder inputs and the decoder inputs that score each target: shifted right (the start token, then the
-    target without its last token), right-padded, on the model's device."""
-    decoder_ids = torch.full((len(targets), max(len(t) for t in targets)), model.pad_id, dtype=torch.long)
-    for row, tgt in enumerate(targets):
-        decoder_ids[row, : len(tgt)] = torch.tensor([model.decoder_start_id] + tgt[:-1])
-    return {**model.batch_tensors(seqs), "decoder_input_ids": decoder_ids.to(model.device)}
+    target without its last token), right-padded as the encoder inputs are (T5Summarizer.batch_tensors), on the
+    model's device."""
+    shifted = [[model.decoder_start_id] + tgt[:-1] for tgt in targets]
+    return {**model.batch_tensors(seqs), "decoder_input_ids": model.batch_tensors(shifted)["input_ids"]}
 
 
 @torch.inference_mode()
@@ -152,19 +151,12 @@ def print_parts(parts: dict, max_new_tokens: int) -> None:
           + (f"FAIL: {overflow['failures'][0]}" if overflow["detected"] else "none non-finite"))
 
 
-def planned_output(args, model_dir: Path) -> Path:
-    """--output, or the default result path, worked out before the models load so that it is checked first."""
-    if args.output:
-        return Path(args.output)
-    device = resolve_device(args.device)
-    return default_result_path(HERE, "parity", model_dir, device, dtype_name(resolve_dtype(args.dtype, device)))
-
-
 def main(args) -> int:
     prompts = all_prompts(args.file)
     model_dir = resolve_model_path(args.model_path, default=DEFAULT_MODEL)
     check_generation_args(args, model_dir)
-    output = planned_output(args, model_dir)
+    device = resolve_device(args.device)  # the default output names the device and dtype: resolved before loading
+    output = result_path(args.output, HERE, "parity", model_dir, device, dtype_name(resolve_dtype(args.dtype, device)))
     check_outputs({"--output": output})  # every check before the two models load
     test = T5Summarizer(str(model_dir), args.device, args.dtype, args.max_input_length)
     reference = T5Summarizer(str(model_dir), "cpu", "fp32", args.max_input_length, watch_overflow=False)
@@ -189,11 +181,12 @@ def main(args) -> int:
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(description="Parity of a T5-family model on a device+dtype vs the CPU fp32 reference.")
+    add_model_args(p)
     p.add_argument("--file", help="extra prompts, one per line, appended to the built-in ones")
     p.add_argument("--max_new_tokens", type=positive_int, default=MAX_NEW_TOKENS, help="reference generation length")
     p.add_argument("--output", help="result JSON (default results/parity_<model>_<device>_<dtype>.json)")
     add_diagnosis_args(p)
-    return add_model_args(p)
+    return p
 
 
 if __name__ == "__main__":

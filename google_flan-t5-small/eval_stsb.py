@@ -27,8 +27,7 @@ from tqdm import tqdm
 from common.device import dtype_name, resolve_device, resolve_dtype
 from common.cli import ArgumentParser, UserError, positive_int, run_main
 from common.model_path import resolve_model_path
-from common.results import (append_run_record, check_outputs, default_result_path, open_run_log, result_record,
-                            write_json)
+from common.results import append_run_record, check_outputs, open_run_log, result_path, result_record, write_json
 from common.stsb import correlations, load_pairs, select_pairs
 from inference import DEFAULT_MODEL, T5Summarizer, add_model_args, check_generation_args
 
@@ -111,7 +110,7 @@ def main(args) -> int:
     dtype = dtype_name(resolve_dtype(args.dtype, device))
     model_dir = resolve_model_path(args.model_path, default=DEFAULT_MODEL)
     check_generation_args(args, model_dir)
-    output = Path(args.output or default_result_path(HERE, "task", model_dir, device, dtype, "_stsb"))
+    output = result_path(args.output, HERE, "task", model_dir, device, dtype, "_stsb")
     log = output.with_suffix(".jsonl")
     check_outputs({"--output": output, "the per-pair log beside --output": log})
     config = {"task": "stsb", "prompt_version": PROMPT_VERSION, "model": str(model_dir), "data_sha256": digest,
@@ -144,13 +143,14 @@ def main(args) -> int:
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(description="STS-B test split, zero-shot with Flan's STS-B instruction: Spearman/Pearson of "
                                    "the generated score vs gold.")
+    add_model_args(p)
     p.add_argument("--data", help="local STS-B test file (.tsv with header score/sentence1/sentence2, or .jsonl)")
     p.add_argument("--limit", type=positive_int, help="score only the first N pairs")
     p.add_argument("--batch_size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="pairs per generate() call")
     p.add_argument("--output", help="result JSON (default results/task_<model>_<device>_<dtype>_stsb.json); the "
                                     "per-pair log is the same path with .jsonl")
     p.add_argument("--resume", action="store_true", help="continue the log of an interrupted run")
-    return add_model_args(p)
+    return p
 
 
 if __name__ == "__main__":

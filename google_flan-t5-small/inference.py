@@ -31,9 +31,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from common.device import dtype_name, resolve_device, resolve_dtype
 from common.cli import ArgumentParser, UserError, check_at_most, first_line, positive_int, run_main
+from common.cli import add_model_args as add_common_model_args
 from common.model_path import resolve_model_path
 from common.results import atomic_file, check_outputs
 from common.strict_load import load_strictly
@@ -107,9 +110,6 @@ def _installed(module: str) -> bool:
 
 def load_seq2seq(model_dir: Path, dtype: torch.dtype):
     """Tokenizer and seq2seq LM through the ordinary from_pretrained path; load errors become one clear line."""
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()
     loader_log = logging.getLogger("transformers.modeling_utils")
     if not any(type(f).__name__ == "_UntiedHeadNotice" for f in loader_log.filters):  # once, even if reloaded
@@ -380,15 +380,14 @@ def main(args) -> int:
     return 0
 
 
-def add_model_args(p: ArgumentParser) -> ArgumentParser:
-    """The flags that choose the model, device and precision: shared by every script in this folder."""
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | npu[:N] | mps")
-    p.add_argument("--dtype", default="auto", help="auto | fp32 | bf16 | fp16 (auto: fp32 on CPU, bf16 on accelerators)")
-    p.add_argument("--model_path", default=None,
-                   help=f"model folder or hub id (default {DEFAULT_MODEL}; any T5, Flan-T5, mT5 or ByT5 works)")
-    p.add_argument("--max_input_length", type=positive_int, default=MAX_INPUT_LENGTH,
-                   help="prompts longer than this many tokens are truncated (the count is printed)")
-    return p
+def add_model_args(parser: ArgumentParser) -> ArgumentParser:
+    """--model_path, --device, --dtype (common.cli) and this folder's --max_input_length: shared by every script
+    here."""
+    add_common_model_args(parser, model_help=f"model folder or hub id (default {DEFAULT_MODEL}; any T5, Flan-T5, "
+                                             "mT5 or ByT5 works)")
+    parser.add_argument("--max_input_length", type=positive_int, default=MAX_INPUT_LENGTH,
+                        help="prompts longer than this many tokens are truncated (the count is printed)")
+    return parser
 
 
 def add_generation_args(p: ArgumentParser, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> ArgumentParser:
@@ -400,6 +399,7 @@ def add_generation_args(p: ArgumentParser, max_new_tokens: int = DEFAULT_MAX_NEW
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(description=f"Generate text with {MODEL_NAME} or any T5-family model (summaries, "
                                    "translation, QA, any instruction).")
+    add_model_args(p)
     p.add_argument("--text", action="append", help="an input (repeatable); wrapped according to --task")
     p.add_argument("--batch_file", help="UTF-8 file with one input per line (blank lines are skipped)")
     p.add_argument("--task", default="raw", choices=sorted(TASKS),
@@ -407,7 +407,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--examples", action="store_true", help="also run the multi-task prompts of examples.jsonl")
     p.add_argument("--batch_size", type=positive_int, default=DEFAULT_BATCH_SIZE)
     p.add_argument("--output", help="write {task, prompt, generated_text} per line to a .jsonl file")
-    return add_generation_args(add_model_args(p))
+    return add_generation_args(p)
 
 
 if __name__ == "__main__":

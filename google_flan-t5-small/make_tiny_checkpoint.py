@@ -21,7 +21,13 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+from transformers import T5Config, T5ForConditionalGeneration, T5Tokenizer
+from transformers.utils import logging as hf_logging
+
 from common.cli import ArgumentParser, run_main
+from common.porting.tiny_checkpoint import build_tiny
 from common.results import check_output_folder
 from common.results import mark_test_checkpoint
 
@@ -61,9 +67,6 @@ CORPUS = [  # what the tokenizer learns from: the prompt formats and the kinds o
 
 def train_tokenizer():
     """A Unigram model (what SentencePiece trains for T5) learned on CORPUS, wrapped as transformers' T5Tokenizer."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-    from transformers import T5Tokenizer
-
     tok = Tokenizer(models.Unigram())
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
@@ -83,8 +86,6 @@ def train_tokenizer():
 
 def untie_lm_head(model, std: float) -> None:
     """flan-t5 has a separate lm_head; transformers 5.x builds T5 with it tied to the embedding, so give it its own."""
-    import torch
-
     weight = torch.empty_like(model.shared.weight).normal_(0.0, std)
     weight[model.config.pad_token_id] = 0.0  # logit 0 for <pad>: never the best token, as in a trained model
     model.lm_head.weight = torch.nn.Parameter(weight)
@@ -102,10 +103,6 @@ def write_real_style_config(path: Path) -> None:
 
 def build_own(path: Path) -> Path:
     """The folder's own tiny checkpoint: flan-t5-small's structure, scaled down."""
-    import torch
-    from transformers import T5Config, T5ForConditionalGeneration
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer()
@@ -129,8 +126,6 @@ def build(output, source: str | None = None) -> Path:
     output = Path(output)
     if source is None:
         return build_own(output)
-    from common.porting.tiny_checkpoint import build_tiny
-
     return build_tiny(source, output, FAMILY, seed=SEED)
 
 

@@ -21,6 +21,9 @@ import json
 import sys
 from pathlib import Path
 
+from huggingface_hub import hf_hub_download
+from safetensors import safe_open
+
 from common.cli import ArgumentParser, UserError, first_line, run_main
 from common.model_path import download_command, hub_reachable
 from common.results import check_writable, model_tag, run_metadata, write_json
@@ -64,12 +67,10 @@ def weight_names(folder: Path) -> set[str] | None:
         if (folder / index).is_file():
             return set(json.loads((folder / index).read_text(encoding="utf-8"))["weight_map"])
     if (folder / "model.safetensors").is_file():
-        from safetensors import safe_open
-
         with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
             return set(f.keys())
     if (folder / "pytorch_model.bin").is_file():
-        import torch
+        import torch  # lazy: only an old .bin checkpoint needs it; this arithmetic otherwise runs without torch
 
         return set(torch.load(folder / "pytorch_model.bin", map_location="meta", mmap=True, weights_only=True))
     return None
@@ -97,7 +98,7 @@ def estimate(name: str, config, names: set[str] | None = None) -> dict:
 
 
 def known_rows() -> list[dict]:
-    from transformers import T5Config
+    from transformers import T5Config  # lazy: pulls in torch (seconds); --help and the --output check stay instant
 
     return [estimate(name, T5Config(**FLAN_T5, **dims)) for name, dims in KNOWN_SIZES.items()]
 
@@ -111,8 +112,6 @@ def config_folder(spec: str) -> Path:
         return local
     if local.exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1:
         raise UserError(f"--model_path {spec!r} is not a model folder; pass a folder with config.json or a hub id")
-    from huggingface_hub import hf_hub_download
-
     try:
         try:
             return Path(hf_hub_download(spec, "config.json", local_files_only=True)).parent
@@ -126,7 +125,7 @@ def config_folder(spec: str) -> Path:
 
 
 def model_rows(spec: str) -> list[dict]:
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # lazy, as in known_rows
 
     folder = config_folder(spec)
     try:

@@ -15,19 +15,16 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from common.sampling import sampling_kwargs
 from common.serving.backend import Sampling
 
 REPLACEMENT = "\ufffd"  # what a tokenizer decodes half of a multi-byte character to: held back until complete
 
 
 def hf_sampling(sampling: Sampling) -> dict:
-    """model.generate keyword arguments: greedy at temperature 0, else multinomial sampling with top_p (top_k off,
-    so a checkpoint's generation_config cannot add a top_k the client did not ask for). As the folders'
-    inference.py do."""
-    if sampling.temperature == 0:
-        return {"do_sample": False, "num_beams": 1, "temperature": None, "top_p": None, "top_k": None}
-    return {"do_sample": True, "num_beams": 1, "temperature": float(sampling.temperature),
-            "top_p": float(sampling.top_p), "top_k": 0}
+    """model.generate keyword arguments of a batch: common.sampling's (the rule inference.py uses too), plus
+    num_beams 1, so a checkpoint's generation_config cannot turn a served request into beam search."""
+    return {**sampling_kwargs(sampling.temperature, sampling.top_p), "num_beams": 1}
 
 
 @dataclass

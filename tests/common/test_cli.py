@@ -5,7 +5,7 @@ import argparse
 
 import pytest
 
-from common.cli import ArgumentParser, UserError, non_negative_int, positive_int, run_main
+from common.cli import ArgumentParser, UserError, add_model_args, non_negative_int, positive_int, run_main
 
 
 def test_argument_parser_error_is_one_line_exit_2(capsys):
@@ -81,3 +81,20 @@ def test_run_main_keyboard_interrupt_and_bugs(capsys):
         run_main(buggy, [])
 
 
+
+
+def test_add_model_args_adds_the_three_shared_flags_and_returns_the_parser():
+    parser = ArgumentParser(prog="tool")
+    assert add_model_args(parser, model_help="a folder (default org/name)") is parser
+    assert vars(parser.parse_args([])) == {"model_path": None, "device": "auto", "dtype": "auto"}
+    args = parser.parse_args(["--model-path", "m", "--device", "npu:1", "--dtype", "bf16"])  # either spelling
+    assert (args.model_path, args.device, args.dtype) == ("m", "npu:1", "bf16")
+    helps = {action.dest: action.help for action in parser._actions}
+    assert helps["model_path"] == "a folder (default org/name)"
+    assert helps["device"] == "auto | cpu | cuda[:N] | npu[:N] | mps"
+    assert helps["dtype"].startswith("auto (bf16 on accelerators, fp32 on CPU)")
+
+
+def test_add_model_args_needs_the_model_help():
+    with pytest.raises(TypeError):
+        add_model_args(ArgumentParser(prog="tool"))  # keyword-only and required: every folder says what it takes

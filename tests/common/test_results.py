@@ -14,7 +14,8 @@ import torch
 
 from common.cli import UserError
 from common.device import device_name
-from common.results import append_jsonl, read_jsonl, run_metadata, write_json
+from common.results import (append_jsonl, default_result_path, mark_test_checkpoint, read_jsonl, result_path,
+                            run_metadata, write_json)
 
 CPU = torch.device("cpu")
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -151,3 +152,27 @@ def test_run_metadata_without_device():
     assert meta["command"] == "python x.py"
 
 
+
+
+def test_result_path_is_output_when_given(tmp_path):
+    assert result_path("out/x.json", tmp_path, "parity", "m", CPU, "fp32") == Path("out/x.json")
+    assert result_path(tmp_path / "y.png", tmp_path, "task", "m", CPU, "bf16", "_stsb") == tmp_path / "y.png"
+
+
+@pytest.mark.parametrize("output", [None, ""])  # argparse's default, and an empty --output: both mean the default
+def test_result_path_default_names_kind_model_device_dtype_suffix(tmp_path, output):
+    checkpoint = tmp_path / "tiny"
+    mark_test_checkpoint(checkpoint, seed=0)
+    hub = tmp_path / "hub" / "models--org--Some-Model" / "snapshots" / "abc123"
+    cases = [  # (kind, model, device, dtype, suffix) -> the file name every script has always written
+        (("parity", checkpoint, CPU, "fp32", ""), "parity_test_checkpoint_cpu_fp32.json"),
+        (("task", "smollm2", CPU, "fp32", "_gsm8k"), "task_smollm2_cpu_fp32_gsm8k.json"),
+        (("benchmark", hub, torch.device("cuda", 1), "bf16", "_compiled"),
+         "benchmark_Some-Model_cuda_bf16_compiled.json"),
+        (("task", "nvidia/Minitron-8B-Base", "npu", "fp16", "_ocr_uw3_500_remote_code"),
+         "task_Minitron-8B-Base_npu_fp16_ocr_uw3_500_remote_code.json"),
+    ]
+    for (kind, model, device, dtype, suffix), name in cases:
+        path = result_path(output, tmp_path, kind, model, device, dtype, suffix)
+        assert path == tmp_path / "results" / name
+        assert path == default_result_path(tmp_path, kind, model, device, dtype, suffix)

@@ -85,7 +85,7 @@ def build_variant(name: str, folder):
         config = {key: config[key] for key in T5_SMALL_CONFIG_KEYS}
         config.update(architectures=["T5WithLMHeadModel"], n_positions=512, output_past=True)
         (folder / "config.json").write_text(json.dumps(config, indent=2))
-    mark_test_checkpoint(folder, seed=0, source=f"tests/test_t5_generality.py ({name})")
+    mark_test_checkpoint(folder, seed=0, source=f"tests/google_flan_t5_small/test_generality.py ({name})")
     return folder
 
 

@@ -148,8 +148,8 @@ def test_bad_numbers_and_prompts(name, argv, message, cli, capsys):
 
 def test_nan_temperature_refused_from_python():
     inference = load_script(MINITRON_FOLDER, "inference")
-    with pytest.raises(inference.UserError, match="finite"):
-        inference.CausalLM.sampling_kwargs(None, float("nan"), 1.0)
+    with pytest.raises(inference.UserError, match="finite"):  # refused before the model (self) is touched
+        inference.CausalLM.generate(None, ["Hi"], temperature=float("nan"))
 
 
 @pytest.mark.parametrize("name, argv, message", [
