@@ -102,6 +102,7 @@ def test_stsb_file_with_wrong_columns(cli, tmp_path, capsys):
     assert "score, sentence1, sentence2" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_real_process_exit_code_and_no_traceback(tmp_path):
     """The same through a real interpreter, as a user would run it."""
     proc = subprocess.run([sys.executable, str(REPO_ROOT / FOLDER / "inference.py"), "--batch_file",
@@ -178,6 +179,7 @@ def foreign_checkpoints(tmp_path_factory, anandasky_checkpoint):
                 anandasky_checkpoint}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("architecture", ["T5For", "NemotronFor", "AnandaSkyFor"])
 def test_another_architecture_is_refused_naming_it_before_weights_load(foreign_checkpoints, cli, monkeypatch,
                                                                       capsys, architecture):
@@ -210,6 +212,7 @@ def test_stsb_refusals_come_before_the_model(cli, shared_data, monkeypatch, caps
     assert err.startswith("error:") and words in err and len(err.splitlines()) == 1, err
 
 
+@pytest.mark.slow
 def test_stsb_field_past_csvs_limit_is_read_and_its_truncation_announced(cli, tmp_path, capsys):
     """A 200 KB sentence (csv's default field limit is 128 KB) is read; the encoder truncates it, and says so."""
     data = tmp_path / "long.tsv"

@@ -40,6 +40,7 @@ def test_inference_jsonl_output_and_repeated_text(inference, cli, tmp_path, caps
     assert abs(np.linalg.norm(rows[0]["embedding"]) - 1) < 1e-5
 
 
+@pytest.mark.slow
 def test_eval_accuracy_passes_on_cpu_fp32(cli, tmp_path, capsys):
     module = load_script(FOLDER, "eval_accuracy")
     out = tmp_path / "parity.json"
@@ -54,6 +55,7 @@ def test_eval_accuracy_passes_on_cpu_fp32(cli, tmp_path, capsys):
     assert "OVERALL: PASS" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_eval_accuracy_bf16_uses_reduced_precision_thresholds(cli, tmp_path):
     module = load_script(FOLDER, "eval_accuracy")
     out = tmp_path / "parity.json"
@@ -64,6 +66,7 @@ def test_eval_accuracy_bf16_uses_reduced_precision_thresholds(cli, tmp_path):
     assert embeddings["cosine_row_mean"] >= 0.9999
 
 
+@pytest.mark.slow
 def test_eval_accuracy_fails_with_exit_1_on_nan(cli, tmp_path, monkeypatch, capsys):
     """A device that returns NaN must FAIL (exit 1), never be scored as a pass."""
     module = load_script(FOLDER, "eval_accuracy")
@@ -83,6 +86,7 @@ def test_eval_accuracy_fails_with_exit_1_on_nan(cli, tmp_path, monkeypatch, caps
     assert "OVERALL: FAIL" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_eval_stsb_subset_on_shared_data(cli, tmp_path, shared_data, capsys):
     module = load_script(FOLDER, "eval_stsb")
     out = tmp_path / "stsb.json"
@@ -106,6 +110,7 @@ def test_eval_stsb_reads_jsonl_and_tsv_alike(shared_data):
     assert tsv == jsonl
 
 
+@pytest.mark.slow
 def test_benchmark_small_sweep_writes_json_and_plot(cli, tmp_path, capsys, monkeypatch):
     module = load_script(FOLDER, "benchmark")
     monkeypatch.setattr(module, "GEMM_PROBE_SIZE", 256)  # the device-peak probe: seconds on a loaded CPU otherwise

@@ -35,6 +35,7 @@ def sentence_transformer(encoder):
     return SentenceTransformer(str(encoder.model_dir), device="cpu")
 
 
+@pytest.mark.slow
 def test_embeddings_match_sentence_transformers(encoder, sentence_transformer):
     ours = encoder.encode(TEXTS, batch_size=3)
     peer = sentence_transformer.encode(TEXTS, batch_size=3, normalize_embeddings=True, convert_to_numpy=True)
@@ -49,6 +50,7 @@ def test_semantics_survive_the_port(encoder):
     assert v[0] @ v[1] > 0.6 > v[0] @ v[2] + 0.4
 
 
+@pytest.mark.slow
 def test_batch_size_and_order_do_not_change_results(encoder):
     one = encoder.encode(TEXTS, batch_size=1)
     many = encoder.encode(TEXTS, batch_size=64)
@@ -69,6 +71,7 @@ def test_truncation_is_counted_and_matches_tokenizer(encoder):
     assert stats["padded_tokens"] >= stats["tokens"] == sum(len(s) for s in ids)
 
 
+@pytest.mark.slow
 def test_token_count_batching_pads_less_than_character_sorting(encoder):
     """The speed lever: batches by token count pad fewer tokens than sentence-transformers' character sort."""
     bench = load_script(FOLDER, "benchmark")
@@ -87,6 +90,7 @@ def test_empty_list_and_single_string(encoder):
     assert encoder.encode("just one").shape == (1, 384)
 
 
+@pytest.mark.slow
 def test_bf16_path_close_to_fp32(inference, encoder):
     bf16 = inference.MiniLMEncoder(device="cpu", dtype="bf16")
     a, b = bf16.encode(TEXTS), encoder.encode(TEXTS)

@@ -165,6 +165,7 @@ def inference():
     return load_script(FOLDER, "inference")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(ZOO))
 def test_matches_sentence_transformers(name, zoo, inference):
     from sentence_transformers import SentenceTransformer

@@ -16,6 +16,8 @@ from tests.support import load_script
 from tests.serving.client import get, post, run_serve, start_server
 
 openai = pytest.importorskip("openai")
+
+pytestmark = [pytest.mark.serving, pytest.mark.slow]  # the markers in pytest.ini
 FOLDER = "all-MiniLM-L6-v2"
 NAME = "all-MiniLM-L6-v2"
 KEY = "test-key-123"

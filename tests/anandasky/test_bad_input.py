@@ -205,12 +205,14 @@ def test_eval_ocr_lengths_checked_before_the_model_loads(E, tmp_path, cli, capsy
     assert message in line, line
 
 
+@pytest.mark.slow
 def test_eval_ocr_empty_labels(E, tmp_path, cli, capsys):
     data = labels(tmp_path / "data", [], text="")
     line = one_error_line_after(cli(E, "--model-path", CHECKPOINT, "--data", data), capsys)
     assert "must start with the header" in line, line
 
 
+@pytest.mark.slow
 def test_labels_with_a_huge_field_a_bom_and_blank_lines(E, tmp_path):
     """csv stopped at a 128 KB field with a traceback; a BOM (Windows editors) broke the header check."""
     huge = "x" * 200_000
@@ -230,6 +232,7 @@ class FakeOCR:
         return {"code_source": "fake"}
 
 
+@pytest.mark.slow
 def test_error_after_the_bar_started_is_on_a_line_of_its_own(E, tmp_path, cli, capsys, monkeypatch):
     """An image that breaks after the up-front check (here: replaced mid-run) fails under the progress bar; the
     message must not share the bar's line."""

@@ -22,6 +22,7 @@ def scans(shared_data, n: int) -> list:
     return sorted((shared_data / "ocr" / "uw3_500" / "images").glob("*.bin.png"))[:n]
 
 
+@pytest.mark.slow
 def test_eval_is_eval_accuracy(inference, anandasky_checkpoint, cli, tmp_path, capsys, monkeypatch):
     """`inference.py --eval` runs eval_accuracy.main: the same parity record, in the same default place."""
     evaluator = load_script(ANANDASKY_FOLDER, "eval_accuracy")
@@ -35,6 +36,7 @@ def test_eval_is_eval_accuracy(inference, anandasky_checkpoint, cli, tmp_path, c
     assert 38e6 <= result["num_parameters"] <= 44e6
 
 
+@pytest.mark.slow
 def test_eval_fails_when_the_device_side_is_wrong(inference, anandasky_checkpoint, cli, tmp_path, monkeypatch,
                                                   shared_data):
     real_init, built = inference.AnandaSkyOCR.__init__, []
@@ -65,6 +67,7 @@ def test_diagnosis_flags_need_eval(inference, anandasky_checkpoint, cli, capsys,
     assert len(err) == 1 and "go with --eval" in err[0]
 
 
+@pytest.mark.slow
 def test_ocr_real_scans_through_main(inference, anandasky_checkpoint, shared_data, cli, capsys):
     files = scans(shared_data, 3)
     assert cli(inference, "--model-path", anandasky_checkpoint, "--image", *files, "--max-new-tokens", "6",
@@ -80,6 +83,7 @@ def test_ocr_real_scans_through_main(inference, anandasky_checkpoint, shared_dat
     assert capsys.readouterr().out.splitlines() == lines
 
 
+@pytest.mark.slow
 def test_python_class(inference, anandasky_checkpoint, shared_data, monkeypatch):
     from PIL import Image
 
@@ -116,6 +120,7 @@ def bad_files(folder, shared_data) -> dict:
     return files
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv, message", [
     ([], "make_test_checkpoint.py --output test_checkpoint"),
     (["--model-path", "{tmp}/absent"], "does not exist"),

@@ -18,6 +18,7 @@ def E():
 
 # --- scoring on hand-written cases ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hyp, ref, distance", [
     ("", "", 0), ("abc", "abc", 0), ("", "abc", 3), ("abc", "", 3), ("kitten", "sitting", 3),
     ("conduct-", "conduct", 1), ("flaw", "lawn", 2),
@@ -41,6 +42,7 @@ def test_cer_interval_is_a_seeded_bootstrap_over_lines(E):
     assert E.cer_interval(samples[:1]) is None  # one line: no interval
 
 
+@pytest.mark.slow
 def test_default_output_names_model_device_dtype_and_data(E, anandasky_checkpoint, line_set, tmp_path, cli,
                                                           monkeypatch):
     monkeypatch.setattr(E, "HERE", tmp_path)
@@ -80,6 +82,7 @@ def ocr_args(checkpoint, data, output, *more):
             "--batch-size", "2", *more]
 
 
+@pytest.mark.slow
 def test_eval_ocr_end_to_end_and_resume(E, anandasky_checkpoint, line_set, tmp_path, cli):
     output = tmp_path / "ocr.json"
     assert cli(E, *ocr_args(anandasky_checkpoint, line_set, output)) == 0
@@ -119,6 +122,7 @@ def test_eval_ocr_refuses_to_clobber_or_mix_logs(E, anandasky_checkpoint, line_s
     assert len(errors) == 3 and "--resume" in errors[0] and "different settings" in errors[2], errors
 
 
+@pytest.mark.slow
 def test_eval_ocr_failing_before_the_first_line_leaves_no_log(E, anandasky_checkpoint, line_set, tmp_path, cli,
                                                               capsys):
     output = tmp_path / "ocr.json"
@@ -151,6 +155,7 @@ def test_eval_ocr_missing_image_is_one_line(E, anandasky_checkpoint, tmp_path, c
 
 # --- benchmark ----------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_benchmark_writes_json_and_plot(anandasky_checkpoint, tmp_path, cli):
     bench = load_script(FOLDER, "benchmark")
     output = tmp_path / "bench.json"

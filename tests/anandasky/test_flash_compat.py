@@ -44,6 +44,7 @@ def upstream_style_folder(anandasky_checkpoint, tmp_path):
     flash_attn_compat.uninstall()
 
 
+@pytest.mark.slow
 def test_upstream_style_code_needs_flash_attn_then_runs_with_the_layer(upstream_style_folder, anandasky_checkpoint):
     import transformers
 

@@ -49,6 +49,7 @@ def random_patches(grids: list[list[int]], seed: int = 0) -> list[torch.Tensor]:
     return [torch.randn(h * w, 3 * 14 * 14, generator=g) for h, w in grids]
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_packed_images_match_each_alone(model, monkeypatch):
     vision = model.vision_model
@@ -92,6 +93,7 @@ def position_effects(vision, h: int = 3, w: int = 4) -> dict:
             (("transpose", transposed), ("rows", row_swap), ("columns", col_swap))}
 
 
+@pytest.mark.slow
 def test_rope_makes_encoder_depend_on_row_and_column(model, monkeypatch):
     effects = position_effects(model.vision_model)
     assert all(value > 1e-2 for value in effects.values()), effects
@@ -115,6 +117,7 @@ def test_image_token_count_mismatch_is_a_clear_error(model, proc):
         model(input_ids=batch["input_ids"])
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_save_load_round_trip(sky, model, proc, tmp_path):
     batch = proc([line_image(280, 28)], PROMPT)
@@ -127,6 +130,7 @@ def test_save_load_round_trip(sky, model, proc, tmp_path):
     assert (tmp_path / "modeling_anandasky_patched.py").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("auto_class", ["AutoModelForCausalLM", "AutoModel"])
 @torch.no_grad()
 def test_trust_remote_code_loads_the_folder(auto_class, anandasky_checkpoint, model, proc):
@@ -163,6 +167,7 @@ def greedy_by_hand(model, batch: dict, steps: int, eos: int) -> tuple[list[int],
     return new, torch.stack(logits)
 
 
+@pytest.mark.slow
 def test_generate_equals_greedy_by_hand(model, proc):
     batch = proc([line_image(420, 28, seed=3)], PROMPT)
     tokens, logits = generate(model, batch, 8)
@@ -171,6 +176,7 @@ def test_generate_equals_greedy_by_hand(model, proc):
     torch.testing.assert_close(logits[0], want_logits, rtol=1e-4, atol=1e-4)  # the KV cache changes nothing
 
 
+@pytest.mark.slow
 def test_left_padded_batch_matches_each_alone(model, proc):
     images = [line_image(560, 28, seed=4), line_image(140, 42, seed=5)]
     batch = proc(images, PROMPT)
@@ -275,6 +281,7 @@ def test_parameter_counts(sky, model):
     assert count(real) == 626_692_352
 
 
+@pytest.mark.slow
 def test_checkpoint_is_deterministic_and_complete(anandasky_checkpoint, tmp_path):
     again = load_script(ANANDASKY_FOLDER, "make_test_checkpoint").build(tmp_path / "again")
     for name in ("model.safetensors", "tokenizer.json", "config.json", "preprocessor_config.json"):

@@ -66,6 +66,7 @@ def scans(shared_data):
     return sorted((shared_data / "ocr" / "uw3_500" / "images").glob("*.bin.png"))[:2]  # two sizes: a packed pass
 
 
+@pytest.mark.slow
 def test_every_script_takes_the_flag():
     for name in SCRIPTS:
         options = load_script(ANANDASKY_FOLDER, name).build_parser()._option_string_actions
@@ -73,6 +74,7 @@ def test_every_script_takes_the_flag():
             assert options[flag].dest == "remote_code", (name, flag)
 
 
+@pytest.mark.slow
 def test_remote_code_reads_the_same_text_and_prints_the_lint_summary(upstream, anandasky_checkpoint, scans, cli,
                                                                       capsys):
     inference = load_script(ANANDASKY_FOLDER, "inference")
@@ -96,6 +98,7 @@ def test_remote_code_reads_the_same_text_and_prints_the_lint_summary(upstream, a
     assert f"{REMOTE_SOURCE}, 2 image(s)" in remote.err and f"{PATCHED_SOURCE}, 2 image(s)" in patched.err
 
 
+@pytest.mark.slow
 def test_python_class_records_the_code_and_matches_the_patched_logits(upstream, scans):
     inference = load_script(ANANDASKY_FOLDER, "inference")
     patched = inference.AnandaSkyOCR(upstream, device="cpu", dtype="fp32")  # the flag off: the folder's code unused
@@ -115,6 +118,7 @@ def test_python_class_records_the_code_and_matches_the_patched_logits(upstream, 
     assert torch.allclose(got, want, atol=1e-4, rtol=0), (got - want).abs().max()
 
 
+@pytest.mark.slow
 def test_eval_accuracy_passes_with_the_code_source_recorded(upstream, cli, capsys, tmp_path):
     evaluator = load_script(ANANDASKY_FOLDER, "eval_accuracy")
     output = tmp_path / "parity.json"

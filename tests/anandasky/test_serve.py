@@ -22,6 +22,8 @@ from tests.support import ANANDASKY_FOLDER, load_script
 from tests.serving.client import ROOT, post, run_serve, start_server
 
 openai = pytest.importorskip("openai")
+
+pytestmark = [pytest.mark.serving, pytest.mark.slow]  # the markers in pytest.ini
 FOLDER = ANANDASKY_FOLDER
 KEY = "test-key"
 MAX_BODY_MB = 0.1  # small enough to test 413 with a modest body, large enough for the small test images

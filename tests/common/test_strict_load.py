@@ -50,6 +50,7 @@ def plant(source, target, fault: str) -> str:
     return key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", list(FAULTS))
 @pytest.mark.parametrize("folder", FOLDERS)
 def test_a_mismatched_checkpoint_is_refused_in_one_line(folder, fault, checkpoints, tmp_path, cli, capsys):

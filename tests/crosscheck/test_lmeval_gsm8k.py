@@ -194,6 +194,7 @@ class RecordedLM(LM):
         raise NotImplementedError("gsm8k only generates")
 
 
+@pytest.mark.slow
 def test_compare_to_reads_a_real_lmeval_samples_log(lmeval_task, gsm8k_data, tmp_path, monkeypatch):
     """lm-eval's evaluator (simple_evaluate + EvaluationTracker, what `lm_eval --log_samples` runs) on our recorded
     run-1 generations writes a real samples_gsm8k_*.jsonl; eval_gsm8k.py's --compare_to reader must read it and find

@@ -50,6 +50,7 @@ class MtebEncoder:
         return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
 
+@pytest.mark.slow
 def test_spearman_matches_mteb_stsbenchmark(shared_data):
     eval_stsb = load_script(MINILM_FOLDER, "eval_stsb")
     pairs, _, _ = eval_stsb.load_pairs(str(shared_data / "stsb" / "test.tsv"))

@@ -60,6 +60,7 @@ def t5_inputs() -> dict:
             "decoder_input_ids": torch.randint(3, 300, (2, 6), generator=g)}  # teacher-forced
 
 
+@pytest.mark.slow
 def test_fp16_overflow_in_one_t5_ffn_is_named_first(t5_pair):
     target, reference = t5_pair
     clean = run_locate(target, reference, t5_inputs(), "fp16")
@@ -102,6 +103,7 @@ def bert_inputs() -> dict:
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
+@pytest.mark.slow
 def test_bf16_precision_loss_before_bert_layernorm_is_named(minilm):
     # +512 on the dense's bias: fp32's LayerNorm removes it exactly, but in bf16 (ulp 4 at 512) the residual sum
     # feeding the LayerNorm keeps 512 and loses the signal: the dense itself is still within the threshold

@@ -46,6 +46,7 @@ def test_inference_bad_input(cli, tmp_path, tiny_t5, capsys, make_argv, message)
     assert len(err.splitlines()) == 1 and "Traceback" not in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script, argv, message", [
     ("eval_accuracy", ["--file", "missing.txt"], "does not exist"),
     ("eval_accuracy", ["--max_new_tokens", "0"], "must be >= 1"),
@@ -64,6 +65,7 @@ def test_other_scripts_bad_input(cli, tmp_path, tiny_t5, monkeypatch, capsys, sc
     assert err.startswith("error:") and message in err and len(err.splitlines()) == 1, err
 
 
+@pytest.mark.slow
 def test_missing_model_in_a_real_process(tmp_path):
     """As a user runs it: exit 2, one line naming the download command, no traceback."""
     proc = subprocess.run([sys.executable, str(REPO_ROOT / T5_FOLDER / "inference.py"), "--text", "hi",
@@ -108,6 +110,7 @@ LIMIT_CASES = [  # (script, argv, the exact error line); {limit} is MAX_NEW_TOKE
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script, argv, line", LIMIT_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(LIMIT_CASES)])
 def test_limits_and_outputs_are_refused_before_the_model_loads(cli, tmp_path, tiny_t5, monkeypatch, capsys, script,
                                                                argv, line):

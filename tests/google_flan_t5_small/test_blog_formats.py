@@ -51,6 +51,7 @@ def run_chat(chat, cli, tiny_t5, monkeypatch, stdin: str, *argv) -> int:
     return cli(chat, "--model_path", tiny_t5, "--device", "cpu", "--max_new_tokens", 2, *argv)
 
 
+@pytest.mark.slow
 def test_every_example_is_in_its_blog_format_and_every_format_is_used():
     examples = load_script(T5_FOLDER, "inference").read_examples()
     assert sorted(e["task"] for e in examples) == sorted(FORMATS)  # one example per format, no unknown task

@@ -54,6 +54,7 @@ def test_make_tiny_checkpoint_script(cli, tmp_path, capsys):
     assert cli(builder, "--output", tmp_path / "file") == 2 and "is a file" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_make_tiny_checkpoint_help_writes_nothing(tmp_path):
     """As a user types it: the seed's script took any first argument as the folder, so `--help` built a checkpoint
     into a folder named --help."""
@@ -63,6 +64,7 @@ def test_make_tiny_checkpoint_help_writes_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_chat_as_a_real_process_with_piped_stdin(tiny_t5):
     proc = subprocess.run([sys.executable, str(REPO_ROOT / T5_FOLDER / "chat.py"), "--model_path", str(tiny_t5),
                            "--device", "cpu", "--max_new_tokens", "2"], input="Hello there\n\n", capture_output=True,
@@ -87,6 +89,7 @@ def test_batch_file_output_and_beams(inference, cli, tiny_t5, tmp_path, capsys):
     assert all(r["task"] == "summarize" and isinstance(r["generated_text"], str) for r in rows)
 
 
+@pytest.mark.slow
 def test_examples_run_in_one_batch_as_a_table(inference, cli, tiny_t5, capsys):
     examples = inference.read_examples()
     tasks = {e["task"] for e in examples}
@@ -105,6 +108,7 @@ def test_fp16_overflow_is_reported_with_the_fix(inference, cli, overflowing_t5, 
     assert "encoder.block.0.layer.1.DenseReluDense" in err and "use --dtype bf16 or fp32" in err
 
 
+@pytest.mark.slow
 def test_chat_keeps_context_over_piped_stdin(cli, tiny_t5, monkeypatch, capsys):
     chat = load_script(T5_FOLDER, "chat")
     monkeypatch.setattr(sys, "stdin", io.StringIO("Hi, I am Ana.\nWhat is my name?\nreset\nHello again\n\nignored\n"))
@@ -115,6 +119,7 @@ def test_chat_keeps_context_over_piped_stdin(cli, tiny_t5, monkeypatch, capsys):
     assert "User: What is my name?" in out and "bye: 3 replies" in out
 
 
+@pytest.mark.slow
 def test_chat_context_grows_resets_and_drops_old_turns(tiny_t5):
     chat = load_script(T5_FOLDER, "chat")
     model = chat.T5Summarizer(str(tiny_t5), device="cpu", dtype="fp32", max_input_length=128)
@@ -154,6 +159,7 @@ def test_teacher_forced_logits_are_one_array_per_sequence(tiny_t5):
     assert all(a.argmax(1).tolist() == t for a, t in zip(logits, targets))  # greedy = argmax of its own logits
 
 
+@pytest.mark.slow
 def test_eval_accuracy_fp16_overflow_fails_and_names_the_module(cli, overflowing_t5, tmp_path, capsys):
     module = load_script(T5_FOLDER, "eval_accuracy")
     out = tmp_path / "parity.json"
@@ -168,6 +174,7 @@ def test_eval_accuracy_fp16_overflow_fails_and_names_the_module(cli, overflowing
     assert "OVERALL: FAIL" in printed and "encoder.block.0.layer.1.DenseReluDense" in printed
 
 
+@pytest.mark.slow
 def test_benchmark_small_run_writes_json_and_plot(cli, tiny_t5, tmp_path, capsys):
     module = load_script(T5_FOLDER, "benchmark")
     out = tmp_path / "bench.json"

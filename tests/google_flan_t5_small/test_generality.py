@@ -94,6 +94,7 @@ def variant(request, tmp_path_factory):
     return request.param, build_variant(request.param, tmp_path_factory.mktemp(request.param))
 
 
+@pytest.mark.slow
 def test_inference_cli(variant, cli, tmp_path, capsys):
     name, folder = variant
     out = tmp_path / "out.jsonl"
@@ -104,6 +105,7 @@ def test_inference_cli(variant, cli, tmp_path, capsys):
     assert len(out.read_text(encoding="utf-8").splitlines()) == 2
 
 
+@pytest.mark.slow
 def test_eval_accuracy_fp32_passes(variant, cli, tmp_path):
     name, folder = variant
     out = tmp_path / "parity.json"
@@ -114,6 +116,7 @@ def test_eval_accuracy_fp32_passes(variant, cli, tmp_path):
     assert result["parts"]["generation"]["exact_match_rate"] == 1.0
 
 
+@pytest.mark.slow
 def test_benchmark_counts_the_same_tokens_on_both_sides(variant, cli, tmp_path):
     name, folder = variant
     out = tmp_path / "bench.json"
@@ -178,6 +181,7 @@ def _importable(module: str) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_spiece_only_checkpoint_loads_or_says_what_to_install(cli, tmp_path, capsys):
     source = build_variant("mt5", tmp_path / "mt5")
     folder = tmp_path / "mt5-spiece"
@@ -201,6 +205,7 @@ def test_spiece_only_checkpoint_loads_or_says_what_to_install(cli, tmp_path, cap
         assert "spiece.model" in err and "pip install" in err and "sentencepiece" in err
 
 
+@pytest.mark.slow
 def test_make_tiny_checkpoint_from_another_architecture(cli, tmp_path, capsys):
     """--from builds a tiny random copy of any T5-family model's architecture (common.porting.tiny_checkpoint)."""
     source = build_variant("t5-v1.0", tmp_path / "source")

@@ -51,6 +51,7 @@ def test_tiny_checkpoint_has_flan_t5_structure(tiny_t5):
     assert ids[-1] == 1 and tokenizer.unk_token_id not in ids
 
 
+@pytest.mark.slow
 def test_summarize_matches_plain_transformers_generate(model, tiny_t5):
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -66,6 +67,7 @@ def test_summarize_matches_plain_transformers_generate(model, tiny_t5):
     assert model.last_stats["prompts"] == 4 and model.last_stats["new_tokens"] > 0
 
 
+@pytest.mark.slow
 def test_pipeline_style_call_and_single_string(model):
     out = model(PROMPTS[:2], max_new_tokens=5)
     assert [set(o) for o in out] == [{"generated_text"}] * 2
@@ -73,6 +75,7 @@ def test_pipeline_style_call_and_single_string(model):
     assert model("Hi", max_new_tokens=5) == [{"generated_text": model.summarize(["Hi"], max_new_tokens=5)[0]}]
 
 
+@pytest.mark.slow
 def test_batching_and_order_do_not_change_outputs(model):
     one = model.generate_ids(PROMPTS, max_new_tokens=6, batch_size=1)
     many = model.generate_ids(PROMPTS, max_new_tokens=6, batch_size=16)

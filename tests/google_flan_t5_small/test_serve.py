@@ -21,6 +21,8 @@ from tests.google_flan_t5_small.test_generality import build_variant
 HANG_GUARD_S = 120  # a freed slot is answered at once; this only keeps a broken server from hanging the suite
 
 openai = pytest.importorskip("openai")
+
+pytestmark = [pytest.mark.serving, pytest.mark.slow]  # the markers in pytest.ini
 NAME = "google_flan-t5-small"
 PROMPTS = ["translate English to German: Where is the train station?",
            "summarize: the city council approved a new budget"]

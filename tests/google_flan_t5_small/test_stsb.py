@@ -46,6 +46,7 @@ def answer_gold(stsb, data, unanswered: int):
     return summarize, calls
 
 
+@pytest.mark.slow
 def test_scores_are_correlated_with_gold_and_unparsed_answers_count_as_the_midpoint(stsb, cli, tiny_t5, data,
                                                                                       tmp_path, monkeypatch):
     summarize, calls = answer_gold(stsb, data, unanswered=1)
@@ -62,6 +63,7 @@ def test_scores_are_correlated_with_gold_and_unparsed_answers_count_as_the_midpo
     assert sum(r["extracted"] is None and r["score"] == stsb.UNPARSED_SCORE for r in log) == 2
 
 
+@pytest.mark.slow
 def test_resume_continues_the_log_without_redoing_pairs(stsb, cli, tiny_t5, data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "stsb.json"
     argv = ["--model_path", tiny_t5, "--device", "cpu", "--data", data, "--limit", 6, "--output", out]

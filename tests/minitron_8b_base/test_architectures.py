@@ -92,6 +92,7 @@ def variant(folder, tmp_path, **json_edits):
 
 # --- every architecture through the folder's three scripts ---------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_inference_and_left_padding(arch, checkpoints, inference, cli, capsys):
     assert cli(inference, "--model_path", checkpoints[arch], "--prompt", "Question: 2", "--max_new_tokens", "3") == 0
@@ -101,6 +102,7 @@ def test_inference_and_left_padding(arch, checkpoints, inference, cli, capsys):
     assert lm.generate(PROMPTS, max_new_tokens=5) == [lm.generate(p, max_new_tokens=5)[0] for p in PROMPTS]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_eval_accuracy_passes_fp32(arch, checkpoints, cli, tmp_path):
     output = tmp_path / "parity.json"
@@ -111,6 +113,7 @@ def test_eval_accuracy_passes_fp32(arch, checkpoints, cli, tmp_path):
     assert result["parts"]["generation"]["exact_match_rate"] == 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_benchmark_static_path(arch, checkpoints, cli, tmp_path):
     output = tmp_path / "bench.json"
@@ -121,6 +124,7 @@ def test_benchmark_static_path(arch, checkpoints, cli, tmp_path):
     assert result["greedy_identical"] is True and result["headline"]["ratio"] > 0
 
 
+@pytest.mark.slow
 def test_benchmark_compiled_with_tied_embeddings(checkpoints, cli, tmp_path):
     """The compiled step with inductor freezing on a model whose output projection is its input embedding."""
     output = tmp_path / "bench.json"
@@ -145,6 +149,7 @@ def test_padded_rows_equal_rows_alone_with_learned_positions(checkpoints):
 
 # --- checkpoint and tokenizer variants that broke the folder ------------------------------------------------------
 
+@pytest.mark.slow
 def test_generation_config_processors_do_not_reach_the_benchmark(checkpoints, tmp_path, cli):
     """Qwen2.5 ships sampling and repetition_penalty 1.05 in generation_config.json; generate() applied them and the
     static path does not, so the benchmark's greedy comparison parted for reasons that are not numerics."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.support import MINITRON_FOLDER, load_script
 
 
@@ -22,6 +24,7 @@ def check(result, requests, out_tokens):
     assert result["headline"]["ratio"] == result["speedup_decode"]
 
 
+@pytest.mark.slow
 def test_benchmark_tiny_nemotron(tiny_minitron, tmp_path, cli):
     bench = load_script(MINITRON_FOLDER, "benchmark")
     out = tmp_path / "bench.json"
@@ -33,6 +36,7 @@ def test_benchmark_tiny_nemotron(tiny_minitron, tmp_path, cli):
     assert result["weights"] == "test checkpoint" and result["headline"]["metric"].endswith("(eager)")
 
 
+@pytest.mark.slow
 def test_benchmark_compiled(tiny_minitron, tmp_path, cli, capsys):
     """The compiled step (inductor, freezing, C++ wrapper on CPU) on the folder's own architecture; the SmolLM2
     (Llama) run of the results table and the tied-embedding Qwen2 in test_minitron_architectures cover others."""
@@ -55,7 +59,6 @@ def test_benchmark_bad_batch(cli, capsys):
 
 def test_readme_tables_are_generated_from_the_result_files():
     from common import report
-
     from tests.support import REPO_ROOT
 
     assert report.cli([str(REPO_ROOT / MINITRON_FOLDER), "--check"]) == 0
@@ -76,6 +79,7 @@ def test_static_path_never_picks_end_of_sequence(tiny_minitron):
     assert decoder._pick(logits).flatten().tolist() == [7, 7]
 
 
+@pytest.mark.slow
 def test_divergence_is_judged_by_the_shared_near_tie_rule(tiny_minitron):
     """A parting forced onto a token the model does not prefer is reported where it happens, with both paths' logits
     teacher-forced there, and it is NOT a near-tie: the two paths agree to ~1e-6, far below its margin."""

@@ -33,6 +33,7 @@ def test_tiny_checkpoint_is_nemotron(inference, tiny_minitron):
     assert a == lm.generate(["Question: 2", "x"], max_new_tokens=4, temperature=0.8, seed=3)
 
 
+@pytest.mark.slow
 def test_cli_streams_continuation_real_weights(inference, smollm2, cli, capsys):
     assert cli(inference, "--model_path", "smollm2", "--prompt", "Question: What is 2+3?\nAnswer:",
                "--max_new_tokens", "4") == 0
@@ -40,6 +41,7 @@ def test_cli_streams_continuation_real_weights(inference, smollm2, cli, capsys):
     assert out.startswith("Question: What is 2+3?\nAnswer:") and "5" in out.split("Answer:")[1]
 
 
+@pytest.mark.slow
 def test_cli_loads_gguf_file(inference, cli, capsys):
     gguf = inference.smollm2_gguf()
     assert gguf.suffix == ".gguf" and gguf.is_file()
@@ -48,6 +50,7 @@ def test_cli_loads_gguf_file(inference, cli, capsys):
     assert capsys.readouterr().out.startswith("The sky is")
 
 
+@pytest.mark.slow
 def test_batched_left_padding_matches_single(inference, smollm2):
     lm = inference.CausalLM("smollm2", device="cpu")
     prompts = ["Question: What is 2+3?\nAnswer:", "The capital of France is"]
@@ -59,6 +62,7 @@ def gsm8k_args(tmp_path, shared_data, model, *extra):
             tmp_path / "gsm8k.json", *extra]
 
 
+@pytest.mark.slow
 def test_gsm8k_tiny_nemotron_default_5shot(gsm8k, tiny_minitron, shared_data, tmp_path, cli):
     assert cli(gsm8k, *gsm8k_args(tmp_path, shared_data, tiny_minitron, "--max_new_tokens", "4")) == 0
     summary = json.loads((tmp_path / "gsm8k.json").read_text())
@@ -85,6 +89,7 @@ def read_log(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_gsm8k_real_weights_two_runs_and_resume(gsm8k, smollm2, shared_data, tmp_path, cli):
     argv = gsm8k_args(tmp_path, shared_data, "smollm2", "--num_fewshot", "1", "--max_new_tokens", "24",
                       "--num_runs", "2", "--batch_size", "2")
@@ -121,6 +126,7 @@ def test_gsm8k_corrupt_log_is_left_alone(gsm8k, tiny_minitron, shared_data, tmp_
     assert log.read_bytes() == before and not (tmp_path / "gsm8k.json").exists()
 
 
+@pytest.mark.slow
 def test_gsm8k_resume_with_other_settings_refused(gsm8k, tiny_minitron, shared_data, tmp_path, cli, capsys):
     assert cli(gsm8k, *gsm8k_args(tmp_path, shared_data, tiny_minitron, "--max_new_tokens", "2")) == 0
     capsys.readouterr()

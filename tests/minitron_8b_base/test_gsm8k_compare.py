@@ -108,6 +108,7 @@ def test_bad_input(tmp_path, cli, capsys, case, message):
     assert this.read_text() == before  # refused before writing anything
 
 
+@pytest.mark.slow
 def test_model_run_with_compare_to(tiny_minitron, shared_data, cli, tmp_path, capsys, monkeypatch):
     """A real run of 2 questions compared with a fake other run; a mismatched one is refused before the model loads."""
     golds = {i: json.loads(line)["answer"]

@@ -14,6 +14,8 @@ from tests.support import MINITRON_FOLDER, load_script
 from tests.serving.client import ROOT, post, run_serve, sse_lines, start_server
 
 openai = pytest.importorskip("openai")
+
+pytestmark = [pytest.mark.serving, pytest.mark.slow]  # the markers in pytest.ini
 FOLDER = MINITRON_FOLDER
 PROMPTS = ["The three most important inventions of the twentieth century are", "x", "Hello there, my friend"]
 MAX_TOKENS = 8

@@ -55,6 +55,7 @@ def causal_spec(smollm2, tmp_path_factory):
     return tc.build_tiny(smollm2, tmp_path_factory.mktemp("spec"), "causal-lm", weights=False)
 
 
+@pytest.mark.slow
 def test_causal_lm_spec_builds_the_same_checkpoint_every_time(causal_spec, tmp_path):
     assert not list(causal_spec.glob("*.safetensors")) and (causal_spec / "tiny_spec.json").is_file()
     first = tc.build_tiny(causal_spec, tmp_path / "a", "causal-lm")
