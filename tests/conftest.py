@@ -28,8 +28,7 @@ import shutil  # noqa: E402
 import pytest  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from tests.support import (ANANDASKY_FOLDER, MINITRON_FOLDER, SHARED_DATA, T5_FOLDER, load_script,  # noqa: E402
-                           run_cli)
+from tests.support import ANANDASKY_FOLDER, MINITRON_FOLDER, SHARED_DATA, T5_FOLDER, load_script, run_cli  # noqa: E402
 
 
 @pytest.fixture
@@ -45,9 +44,25 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_t5(tmp_path_factory) -> Path:
+def folder_checkpoint(tmp_path_factory):
+    """folder_checkpoint(folder, script) -> the checkpoint that FOLDER/SCRIPT.py's build(out) writes (the folder's
+    tiny or test checkpoint), built once per session per folder: the port contract (tests/ports/) and the
+    checkpoint fixtures below share each build."""
+    built: dict[tuple[str, str], Path] = {}
+
+    def get(folder: str, script: str) -> Path:
+        if (folder, script) not in built:
+            out = tmp_path_factory.mktemp(f"checkpoint-{folder}")
+            built[folder, script] = Path(load_script(folder, script).build(out))
+        return built[folder, script]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(folder_checkpoint) -> Path:
     """A tiny random Flan-T5 checkpoint (flan-t5-small's architecture, scaled down), built once per session."""
-    return load_script(T5_FOLDER, "make_tiny_checkpoint").build(tmp_path_factory.mktemp("tiny-flan-t5"))
+    return folder_checkpoint(T5_FOLDER, "make_tiny_checkpoint")
 
 
 @pytest.fixture(scope="session")
@@ -64,9 +79,9 @@ def overflowing_t5(tiny_t5, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_minitron(tmp_path_factory) -> Path:
+def tiny_minitron(folder_checkpoint) -> Path:
     """A tiny random NemotronForCausalLM (Minitron-8B-Base's architecture, scaled down), built once per session."""
-    return load_script(MINITRON_FOLDER, "make_tiny_checkpoint").build(tmp_path_factory.mktemp("tiny-minitron"))
+    return folder_checkpoint(MINITRON_FOLDER, "make_tiny_checkpoint")
 
 
 @pytest.fixture(scope="session")
@@ -76,6 +91,6 @@ def smollm2() -> Path:
 
 
 @pytest.fixture(scope="session")
-def anandasky_checkpoint(tmp_path_factory) -> Path:
+def anandasky_checkpoint(folder_checkpoint) -> Path:
     """The seeded random AnandaSky checkpoint (~41M parameters: real vision tower, shrunk Qwen3), built once."""
-    return load_script(ANANDASKY_FOLDER, "make_test_checkpoint").build(tmp_path_factory.mktemp("anandasky"))
+    return folder_checkpoint(ANANDASKY_FOLDER, "make_test_checkpoint")

@@ -10,10 +10,12 @@ Run at the repository root. It:
   2. copies FOLDER to NAME without its results, and rewrites the port's identity (the block at the top of
      inference.py: MODEL_NAME, DEFAULT_MODEL, MODEL_CLASS), the class name, the folder name and the headings
      everywhere in the folder;
-  3. writes tests/test_<name>_port.py from FOLDER's port tests, on that tiny checkpoint;
-  4. puts the porting checklist (PORTING.md) at the top of NAME/readme.md, and renders its (empty) result tables.
-The new folder passes its tests and its eval_accuracy.py at once; what is left to do is the checklist. Bad arguments
-(unknown folder, existing name, unreadable model) are one line and exit 2, and leave nothing behind.
+  3. puts the porting checklist (PORTING.md) at the top of NAME/readme.md, and renders its (empty) result tables.
+It writes no test file: the shared port contract (tests/ports/) runs on every model folder that
+common.porting.folders.model_folders() finds, with the tester of the folder's MODEL_FAMILY (tests/ports/families.py),
+so the new folder is covered at once (`python -m pytest tests/ports -k NAME`) and passes it, as its eval_accuracy.py
+passes; what is left to do is the checklist. Bad arguments (unknown folder, existing name, unreadable model) are one
+line and exit 2, and leave nothing behind.
 """
 from __future__ import annotations
 
@@ -28,8 +30,8 @@ from pathlib import Path
 from common.cli import ArgumentParser, UserError, run_main
 from common.diagnostics.lint import format_findings, lint_paths
 from common.porting.folders import REPO_ROOT, model_folders
-from common.report import render_readme
 from common.porting.tiny_checkpoint import FAMILIES, build_tiny
+from common.report import render_readme
 
 IDENTITY = ("MODEL_NAME", "DEFAULT_MODEL", "MODEL_FAMILY", "MODEL_CLASS")  # inference.py constants a port rewrites
 SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", "results", "tiny_model", "test_checkpoint", "*.tmp")
@@ -83,7 +85,8 @@ if __name__ == "__main__":
 
 CHECKLIST = """> **Port checklist** (written by `python -m common.porting.new_port --from {source} --name {name} --model {model}`;
 > the method is in [PORTING.md](../PORTING.md); delete this block when every box is ticked)
-> - [x] Tiny random weights: `python -m pytest tests/test_{slug}_port.py` passes (it did when the folder was made).
+> - [x] Tiny random weights: the shared port contract, `python -m pytest tests/ports -k {name}`, passes (it did when
+>       the folder was made; the folder is found and tested by its MODEL_FAMILY, with no test file to write).
 > - [ ] No CUDA-only code: `python -m common.diagnostics.lint {name} WEIGHTS_FOLDER` is clean (the weights folder's remote
 >       code included), or every finding is fixed or allowed with a reason.
 > - [ ] Real weights run: `python inference.py --model_path {model}` gives sensible output on CPU and on the device.
@@ -123,10 +126,6 @@ def class_name_for(name: str, template_class: str) -> str:
     return ("M" + camel if camel[:1].isdigit() else camel) + role.group(0)
 
 
-def slug(name: str) -> str:
-    return re.sub(r"[^0-9A-Za-z]+", "_", name).strip("_").lower()
-
-
 def check_arguments(root: Path, source: str, name: str) -> tuple[Path, dict]:
     folders = {f.name: f for f in model_folders(root)}
     if source not in folders:
@@ -141,14 +140,6 @@ def check_arguments(root: Path, source: str, name: str) -> tuple[Path, dict]:
                         f"cannot be made for another model automatically; copy from a folder of family "
                         f"{', '.join(FAMILIES)}, or copy {source} by hand (PORTING.md)")
     return folders[source], identity
-
-
-def port_test_template(root: Path, source: str) -> Path:
-    for file in sorted((root / "tests").glob("test_*_port.py")):
-        if re.search(rf'^FOLDER = "{re.escape(source)}"', file.read_text(encoding="utf-8"), re.M):
-            return file
-    raise UserError(f"no port tests for {source} (tests/test_*_port.py with FOLDER = \"{source}\"); "
-                    "write them first (PORTING.md)")
 
 
 def rewrite_text(text: str, replacements: list[tuple[str, str]]) -> str:
@@ -190,39 +181,31 @@ def add_checklist(readme: Path, args, identity: dict, model: str) -> None:
     title = f"# {args.name} on NPU / CUDA / MPS / CPU\n"
     if lines and lines[0].startswith("# "):
         lines = lines[1:]
-    checklist = CHECKLIST.format(source=args.source, name=args.name, model=model, slug=slug(args.name),
-                                 source_name=identity["MODEL_NAME"])
+    checklist = CHECKLIST.format(source=args.source, name=args.name, model=model, source_name=identity["MODEL_NAME"])
     readme.write_text(title + "\n" + checklist + "".join(lines), encoding="utf-8")
 
 
 def main(args) -> int:
     root = Path(args.root).resolve()
     template, identity = check_arguments(root, args.source, args.name)
-    test_template = port_test_template(root, args.source)
     new_class = args.class_name or class_name_for(args.name, identity["MODEL_CLASS"])
     local = Path(args.model).expanduser()
     model = str(local.resolve()) if local.exists() else args.model
-    test_file = root / "tests" / f"test_{slug(args.name)}_port.py"
-    if test_file.exists():
-        raise UserError(f"{test_file} already exists; choose another --name")
     work = Path(tempfile.mkdtemp(prefix=".new_port-", dir=root))
     try:
         staging = work / args.name
         scaffold_folder(staging, template, identity, args, new_class, model)
         print(f"reading the config and tokenizer of {args.model} ...")
         build_tiny(args.model, staging / TINY_SPEC, identity["MODEL_FAMILY"], weights=False)
-        build_tiny(staging / TINY_SPEC, work / "check", identity["MODEL_FAMILY"])  # the tests' checkpoint builds
+        build_tiny(staging / TINY_SPEC, work / "check", identity["MODEL_FAMILY"])  # the contract's checkpoint builds
         add_checklist(staging / "readme.md", args, identity, model)
         (staging / "readme.md").write_text(render_readme(staging), encoding="utf-8")
-        tests = rewrite_text(test_template.read_text(encoding="utf-8"),
-                             [(identity["MODEL_CLASS"], new_class)])
-        tests = re.sub(rf'^FOLDER = "{re.escape(args.source)}"', f'FOLDER = "{args.name}"', tests, flags=re.M)
         os.replace(staging, root / args.name)
-        test_file.write_text(tests, encoding="utf-8")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"created {args.name}/ from {args.source} (class {new_class}, default model {model}) and "
-          f"tests/{test_file.name}\nnext: python -m pytest tests/{test_file.name}, then the checklist at the top of "
+    print(f"created {args.name}/ from {args.source} (class {new_class}, default model {model}); no test file to "
+          f"write: the shared port contract (tests/ports/) covers it as a {identity['MODEL_FAMILY']} port\n"
+          f"next: python -m pytest tests/ports -k {args.name}, then the checklist at the top of "
           f"{args.name}/readme.md")
     lint_model_code(local)
     return 0

@@ -1,9 +1,11 @@
 """python -m common.porting.new_port: scaffold an encoder port and a causal-LM port for models that are not in the repository,
-into a temporary copy of the repository, then run the generated tests and eval_accuracy.py there, as a user would."""
+into a temporary copy of the repository, then run the shared port contract (tests/ports/, selected for the new folder)
+and eval_accuracy.py there, as a user would. new_port writes no test file: the contract finds the folder by itself."""
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.porting import new_port
 from common.cli import run_main
+from common.porting import new_port
 
 REPO = Path(__file__).resolve().parents[2]
 COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.pyc", "test_checkpoint", "*.egg-info",
@@ -38,7 +40,26 @@ def run(argv: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedP
 
 
 def scaffold(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    return run([sys.executable, "-m", "common.porting.new_port", *args], repo)
+    """new_port in the copy; it must leave tests/ as it was (no test file to write: the contract covers the folder)."""
+    before = files_under_tests(repo)
+    made = run([sys.executable, "-m", "common.porting.new_port", *args], repo)
+    assert files_under_tests(repo) == before, f"new_port wrote test files: {sorted(files_under_tests(repo) ^ before)}"
+    return made
+
+
+def files_under_tests(repo: Path) -> set[str]:
+    return {str(p.relative_to(repo)) for p in (repo / "tests").rglob("*") if "__pycache__" not in p.parts}
+
+
+def passes_the_port_contract(repo: Path, folder: str) -> None:
+    """The shared port contract (tests/ports/), selected for FOLDER only, passes in the copy, with tests to run."""
+    done = run([sys.executable, "-m", "pytest", "-v", "tests/ports", "-k", folder], repo, timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    results = re.findall(r"^tests/ports/\S+::(\S+) (PASSED|FAILED|ERROR|SKIPPED)", done.stdout, re.M)
+    assert results and all(outcome == "PASSED" for _, outcome in results), done.stdout[-3000:]
+    assert all(f"[{folder}" in test for test, _ in results), results  # the new folder's own contract tests
+    summary = done.stdout.strip().splitlines()[-1]
+    assert re.search(rf"\b{len(results)} passed\b", summary) and "failed" not in summary, summary
 
 
 @pytest.fixture(scope="module")
@@ -118,9 +139,9 @@ def test_encoder_port_for_a_cls_pooled_model(repo_copy, cls_model):
     assert readme.startswith("# bert-cls-64 on") and "Port checklist" in readme
     assert "BertCls64Encoder" in (folder / "inference.py").read_text(encoding="utf-8")
     assert "MiniLMEncoder" not in (folder / "inference.py").read_text(encoding="utf-8")
+    assert "tests/ports -k bert-cls-64" in readme and "no test file to write" in made.stdout
 
-    tests = run([sys.executable, "-m", "pytest", "-q", "-x", "tests/test_bert_cls_64_port.py"], repo_copy)
-    assert tests.returncode == 0, tests.stdout[-3000:]
+    passes_the_port_contract(repo_copy, "bert-cls-64")
 
     parity = run([sys.executable, "eval_accuracy.py"], folder)  # on the default model: the CLS model itself
     assert parity.returncode == 0, parity.stdout[-2000:] + parity.stderr[-2000:]
@@ -146,8 +167,7 @@ def test_causal_lm_port_for_another_architecture(repo_copy, qwen_model):
     assert spec["model_type"] == "qwen3" and spec["num_key_value_heads"] < spec["num_attention_heads"]
     assert f"DEFAULT_MODEL = {str(qwen_model)!r}" in (folder / "inference.py").read_text(encoding="utf-8")
 
-    tests = run([sys.executable, "-m", "pytest", "-q", "-x", "tests/test_qwen3_small_port.py"], repo_copy)
-    assert tests.returncode == 0, tests.stdout[-3000:]
+    passes_the_port_contract(repo_copy, "Qwen3-small")
 
     parity = run([sys.executable, "eval_accuracy.py", "--max_new_tokens", "8"], folder)
     assert parity.returncode == 0, parity.stdout[-2000:] + parity.stderr[-2000:]

@@ -28,8 +28,8 @@ def check_block(result: dict, rows: list[dict], baseline_rows: list[dict], point
 
 
 @pytest.fixture(scope="module")
-def tiny_minilm(tmp_path_factory):
-    return load_script(MINILM_FOLDER, "make_tiny_checkpoint").build(tmp_path_factory.mktemp("tiny-minilm"))
+def tiny_minilm(folder_checkpoint):
+    return folder_checkpoint(MINILM_FOLDER, "make_tiny_checkpoint")  # the port contract's build of it, shared
 
 
 def test_minilm(tiny_minilm, cli, tmp_path, monkeypatch):

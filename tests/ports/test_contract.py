@@ -1,5 +1,7 @@
-"""Every model folder (scaffolded ports included) follows one template: its files, its readme tables and RESULTS.md
-generated from its result JSONs, and scripts whose --help works, writes nothing and takes both flag spellings."""
+"""Every model folder (scaffolded ports included) follows one template: its files, an identity block whose
+MODEL_FAMILY has a port-contract tester (tests/ports/families.py), its readme tables and RESULTS.md generated from
+its result JSONs, and scripts whose --help works, writes nothing and takes both flag spellings. The contract's runs
+on each folder's test checkpoint are in test_contract_checkpoint.py and test_contract_serve.py."""
 from __future__ import annotations
 
 import ast
@@ -11,9 +13,9 @@ import pytest
 from common import report
 from common.cli import ArgumentParser
 from common.results import RESULT_KINDS
+from tests.ports.families import FOLDERS, TESTERS, family_tester
 from tests.support import REPO_ROOT, load_script, model_folders
 
-FOLDERS = [f.name for f in model_folders()]
 TEMPLATE_FILES = ("inference.py", "eval_accuracy.py", "benchmark.py", "serve.py", "readme.md")
 
 
@@ -39,19 +41,24 @@ def test_folder_has_the_template(folder):
     task_evals = [p.name for p in path.glob("eval_*.py") if p.name != "eval_accuracy.py"]
     assert task_evals, f"{folder} has no task eval (eval_<task>.py)"
     assert list(path.glob("make_*_checkpoint.py")), f"{folder} has no tiny/test checkpoint builder"
-    port_tests = [p for p in (REPO_ROOT / "tests").glob("test_*_port.py")
-                  if f'FOLDER = "{folder}"' in p.read_text(encoding="utf-8")]
-    assert len(port_tests) == 1, f"{folder} needs exactly one tests/test_*_port.py with FOLDER = \"{folder}\""
     identity = {node.targets[0].id for node in ast.parse((path / "inference.py").read_text()).body
                 if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)}
     assert {"MODEL_NAME", "DEFAULT_MODEL", "MODEL_FAMILY", "MODEL_CLASS"} <= identity
+    family = family_tester(folder)  # the port contract's tester of its MODEL_FAMILY (LookupError: there is none)
+    for script in (family.checkpoint_script, family.task_script):
+        assert (path / f"{script}.py").is_file(), f"{folder} lacks {script}.py, which its family's contract runs"
+
+
+def test_every_family_tester_is_used():
+    """Each tester in tests/ports/families.py tests at least one folder (so each is itself exercised)."""
+    assert {family_tester(folder).name for folder in FOLDERS} == set(TESTERS)
 
 
 @pytest.mark.parametrize("folder", FOLDERS)
 def test_readme_tables_are_what_the_jsons_give(folder):
     path = REPO_ROOT / folder
     assert report.render_readme(path) == (path / "readme.md").read_text(encoding="utf-8"), (
-        f"{folder}/readme.md is out of date: run python -m common.report {folder}")
+        f"{folder}/readme.md is out of date: run accel-ports report {folder}")
 
 
 @pytest.mark.parametrize("folder", FOLDERS)
@@ -68,7 +75,7 @@ def test_every_result_json_is_a_result_record(folder):
 def test_results_overview_is_current():
     expected = report.render_overview(REPO_ROOT)
     assert (REPO_ROOT / report.OVERVIEW_FILE).read_text(encoding="utf-8") == expected, (
-        "RESULTS.md is out of date: run python -m common.report --overview")
+        "RESULTS.md is out of date: run accel-ports report --overview")
 
 
 @pytest.mark.parametrize("folder,name", scripts())
