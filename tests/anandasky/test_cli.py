@@ -1,6 +1,6 @@
 """AnandaSky inference.py end to end on the seeded random checkpoint: --eval, the seed's spelling of eval_accuracy.py
 (PASS, the same record; FAIL when the model under test is broken), OCR of real scanned lines through main() and the
-Python class, and bad inputs (exit 2, one line). eval_accuracy in fp32 and bf16: test_anandasky_port.py."""
+Python class, and bad inputs (exit 2, one line). eval_accuracy in fp32 and bf16: the port contract (tests/ports/)."""
 from __future__ import annotations
 
 import json
