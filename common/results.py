@@ -17,7 +17,10 @@ from contextlib import contextmanager
 from importlib import metadata as _metadata
 from pathlib import Path
 
+import torch
+
 from common.cli import UserError
+from common.device import device_name
 
 LIBRARIES = ("torch", "transformers", "sentence-transformers", "torch_npu", "numpy", "tokenizers")
 
@@ -50,9 +53,6 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
 
 def run_metadata(device=None, dtype: str | None = None, argv: list[str] | None = None) -> dict:
     """What produced a result: command line, commit, UTC date, machine, device, dtype, versions, threads."""
-    import torch
-
-    from common.device import device_name
 
     argv = list(sys.argv if argv is None else argv)
     return {

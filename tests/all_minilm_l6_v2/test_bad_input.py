@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -9,7 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from tests.support import REPO_ROOT, load_script
+from common.model_path import resolve_model_path
+from tests.support import MINITRON_FOLDER, REPO_ROOT, T5_FOLDER, load_script
 
 FOLDER = "all-MiniLM-L6-v2"
 
@@ -21,8 +23,6 @@ def inference():
 
 @pytest.fixture(scope="module")
 def weights_dir(inference):
-    from common.model_path import resolve_model_path
-
     return resolve_model_path(None, default=inference.DEFAULT_MODEL)
 
 
@@ -159,8 +159,6 @@ def test_saved_embeddings_follow_the_umask(inference, tmp_path):
 
 
 def current_umask() -> int:
-    import os
-
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -168,8 +166,6 @@ def current_umask() -> int:
 
 @pytest.fixture(scope="module")
 def foreign_checkpoints(tmp_path_factory, anandasky_checkpoint):
-    from tests.support import MINITRON_FOLDER, T5_FOLDER
-
     root = tmp_path_factory.mktemp("foreign")
     return {"T5ForConditionalGeneration (t5), an encoder-decoder":
                 load_script(T5_FOLDER, "make_tiny_checkpoint").build(root / "t5"),

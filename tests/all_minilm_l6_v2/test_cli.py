@@ -6,6 +6,8 @@ import json
 import numpy as np
 import pytest
 
+from common import report
+from common.stsb import load_local
 from tests.support import load_script
 
 FOLDER = "all-MiniLM-L6-v2"
@@ -102,8 +104,6 @@ def test_eval_stsb_subset_on_shared_data(cli, tmp_path, shared_data, capsys):
 
 
 def test_eval_stsb_reads_jsonl_and_tsv_alike(shared_data):
-    from common.stsb import load_local
-
     tsv = load_local(shared_data / "stsb" / "test.tsv")
     jsonl = load_local(shared_data / "stsb" / "test.jsonl")
     assert len(tsv) == len(jsonl) == 1379  # QUOTE_NONE: no rows merged by stray double quotes
@@ -152,6 +152,4 @@ def test_inference_reports_nan_and_exits_1(inference, cli, tmp_path, monkeypatch
 
 
 def test_readme_tables_are_generated_from_the_result_files():
-    from common import report
-
     assert report.cli([str(load_script(FOLDER, "inference").HERE), "--check"]) == 0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sentence_transformers import SentenceTransformer
 
 from tests.support import load_script
 
@@ -30,8 +31,6 @@ def encoder(inference):
 
 @pytest.fixture(scope="module")
 def sentence_transformer(encoder):
-    from sentence_transformers import SentenceTransformer
-
     return SentenceTransformer(str(encoder.model_dir), device="cpu")
 
 

@@ -11,6 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import transformers as tf
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.base.modules import Dense, Normalize, Transformer
+from sentence_transformers.sentence_transformer.modules import Pooling
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers.utils import logging as hf_logging
 
 from tests.support import load_script
 
@@ -38,9 +45,6 @@ CORPUS = TEXTS * 4 + ["Numbers 0 1 2 3 4 5 6 7 8 9 and punctuation ! ? . , ; : (
 
 def wordpiece_tokenizer(folder: Path, lowercase: bool = False, input_names=None):
     """A BERT-style WordPiece tokenizer ([CLS] text [SEP], right padding) with a ~300-token vocabulary."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
@@ -58,9 +62,6 @@ def wordpiece_tokenizer(folder: Path, lowercase: bool = False, input_names=None)
 
 def bpe_tokenizer(folder: Path):
     """A decoder-style byte-level BPE tokenizer: text <eos>, LEFT padding, no token_type_ids."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -75,8 +76,6 @@ def bpe_tokenizer(folder: Path):
 
 def backbone(folder: Path, arch: str, width: int = 64):
     """A tiny random Hugging Face model with its tokenizer in `folder`: 2 layers, `width` wide, seeded."""
-    import transformers as tf
-
     torch.manual_seed(0)
     if arch == "bert":
         tok = wordpiece_tokenizer(folder)
@@ -100,10 +99,6 @@ def backbone(folder: Path, arch: str, width: int = 64):
 def save_st(folder: Path, arch: str, pooling, width: int = 64, dense: int | None = None, normalize=False,
             include_prompt=True, **st_kwargs) -> Path:
     """A sentence-transformers model saved by the installed sentence-transformers (its current format)."""
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.base.modules import Dense, Normalize, Transformer
-    from sentence_transformers.sentence_transformer.modules import Pooling
-
     transformer = Transformer(str(backbone(folder / "hf", arch, width)))
     transformer.max_seq_length = MAX_SEQ_LENGTH
     modules = [transformer, Pooling(width, pooling, include_prompt=include_prompt)]
@@ -153,8 +148,6 @@ ZOO = {  # name -> builder(folder) -> model folder
 
 @pytest.fixture(scope="session")
 def zoo(tmp_path_factory) -> dict[str, Path]:
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()
     root = tmp_path_factory.mktemp("st-zoo")
     return {name: build(root / name) for name, build in ZOO.items()}
@@ -168,8 +161,6 @@ def inference():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(ZOO))
 def test_matches_sentence_transformers(name, zoo, inference):
-    from sentence_transformers import SentenceTransformer
-
     peer = SentenceTransformer(str(zoo[name]), device="cpu")
     want = peer.encode(TEXTS, batch_size=BATCH_SIZE)
     encoder = getattr(inference, inference.MODEL_CLASS)(str(zoo[name]), device="cpu", dtype="fp32")
@@ -193,7 +184,6 @@ def test_zoo_covers_what_it_claims(zoo):
     assert json.loads((zoo["qwen3_lasttoken_left_padding"] / "tokenizer_config.json").read_text())[
         "padding_side"] == "left"
     assert not (zoo["plain_hf_no_modules_json"] / "modules.json").exists()
-    from transformers import AutoTokenizer
 
     # the tokenizer emits token_type_ids, the model's forward has no such argument: they must be left out
     assert "token_type_ids" in AutoTokenizer.from_pretrained(zoo["distilbert32_mean_no_token_types"])("hi")

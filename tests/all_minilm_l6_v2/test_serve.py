@@ -12,8 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from tests.support import load_script
 from tests.serving.client import get, post, run_serve, start_server
+from tests.support import load_script
 
 openai = pytest.importorskip("openai")
 

@@ -9,6 +9,7 @@ import zlib
 
 import pytest
 import torch
+from PIL import Image
 
 from tests.support import ANANDASKY_FOLDER, load_script
 
@@ -85,8 +86,6 @@ def test_ocr_real_scans_through_main(inference, anandasky_checkpoint, shared_dat
 
 @pytest.mark.slow
 def test_python_class(inference, anandasky_checkpoint, shared_data, monkeypatch):
-    from PIL import Image
-
     monkeypatch.setenv(inference.ENV_MODEL_PATH, str(anandasky_checkpoint))
     ocr = inference.AnandaSkyOCR(device="cpu")  # the folder from $ANANDASKY_MODEL_PATH
     assert ocr.dtype_name == "fp32" and type(ocr.model).__module__ == "modeling_anandasky_patched"

@@ -11,6 +11,7 @@ import shutil
 
 import pytest
 import torch
+import transformers
 
 from common.porting import flash_attn_compat
 from tests.support import ANANDASKY_FOLDER, load_script
@@ -46,8 +47,6 @@ def upstream_style_folder(anandasky_checkpoint, tmp_path):
 
 @pytest.mark.slow
 def test_upstream_style_code_needs_flash_attn_then_runs_with_the_layer(upstream_style_folder, anandasky_checkpoint):
-    import transformers
-
     with pytest.raises(ImportError, match="flash_attn"):
         transformers.AutoModelForCausalLM.from_pretrained(upstream_style_folder, trust_remote_code=True)
     assert flash_attn_compat.install()

@@ -11,8 +11,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import transformers
 from PIL import Image
 
+from common.diagnostics.trace_ops import trace_forward
 from tests.support import ANANDASKY_FOLDER, load_script
 
 PROMPT = "Recognize the text in this image."
@@ -134,8 +136,6 @@ def test_save_load_round_trip(sky, model, proc, tmp_path):
 @pytest.mark.parametrize("auto_class", ["AutoModelForCausalLM", "AutoModel"])
 @torch.no_grad()
 def test_trust_remote_code_loads_the_folder(auto_class, anandasky_checkpoint, model, proc):
-    import transformers
-
     auto = getattr(transformers, auto_class).from_pretrained(anandasky_checkpoint, trust_remote_code=True).eval()
     assert type(auto).__name__ == "AnandaSkyForConditionalGeneration"
     assert type(auto).__module__.startswith("transformers_modules")  # the folder's copy, not ours
@@ -298,8 +298,6 @@ def test_decode_steps_do_not_sync_with_the_host(model, proc):
     """A generated token's embedding (no pixel_values) needs no image-token count: that count is a host sync, and
     on an accelerator it would stall every decode step. The prefill keeps its one check (and the vision encoder its
     one cu_seqlens read)."""
-    from common.diagnostics.trace_ops import trace_forward
-
     cpu = torch.device("cpu")
     step = torch.tensor([[proc.eos_token_id]])
     with torch.inference_mode():

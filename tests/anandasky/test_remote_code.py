@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
 
 from common.porting import flash_attn_compat
 from tests.support import ANANDASKY_FOLDER, REPO_ROOT, load_script
@@ -149,8 +151,6 @@ def test_refused_in_one_line(upstream, tmp_path, scans, cli, capsys, case, messa
     elif case == "file absent":
         variant(upstream, target, drop=("modeling_anandasky.py",))
     else:
-        from safetensors.torch import load_file, save_file
-
         variant(upstream, target, drop=("model.safetensors",))
         weights = load_file(str(upstream / "model.safetensors"))
         weights["bridge.fc_1.weight"] = weights.pop("bridge.fc1.weight")
@@ -164,8 +164,6 @@ def test_refused_in_one_line(upstream, tmp_path, scans, cli, capsys, case, messa
 
 
 def test_the_folder_loads_only_because_of_the_compatibility_layer(upstream):
-    from transformers import AutoModelForCausalLM
-
     with pytest.raises(ImportError, match="flash_attn"):
         AutoModelForCausalLM.from_pretrained(upstream, trust_remote_code=True)
     assert flash_attn_compat.install()

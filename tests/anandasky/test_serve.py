@@ -18,8 +18,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from common.serving.protocol import ChatMessage
-from tests.support import ANANDASKY_FOLDER, load_script
 from tests.serving.client import ROOT, post, run_serve, start_server
+from tests.support import ANANDASKY_FOLDER, load_script
 
 openai = pytest.importorskip("openai")
 

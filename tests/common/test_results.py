@@ -14,8 +14,15 @@ import torch
 
 from common.cli import UserError
 from common.device import device_name
-from common.results import (append_jsonl, default_result_path, mark_test_checkpoint, read_jsonl, result_path,
-                            run_metadata, write_json)
+from common.results import (
+    append_jsonl,
+    default_result_path,
+    mark_test_checkpoint,
+    read_jsonl,
+    result_path,
+    run_metadata,
+    write_json,
+)
 
 CPU = torch.device("cpu")
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from tests.support import MINITRON_FOLDER, load_script
 from tests.serving.client import start_server
+from tests.support import MINITRON_FOLDER, load_script
 
 pytestmark = [pytest.mark.crosscheck, pytest.mark.serving, pytest.mark.slow]  # the markers in pytest.ini
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import io
+import json
+import shutil
 import subprocess
 import sys
 
@@ -84,9 +86,6 @@ def never_load(*args, **kwargs):
 
 def with_tokenizer_limit(tiny_t5, folder, length: int):
     """A copy of the tiny checkpoint whose tokenizer_config.json sets model_max_length (Flan-T5's is 512)."""
-    import json
-    import shutil
-
     shutil.copytree(tiny_t5, folder)
     config = json.loads((folder / "tokenizer_config.json").read_text())
     (folder / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": length}))

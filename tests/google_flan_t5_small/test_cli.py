@@ -9,6 +9,8 @@ import sys
 import numpy as np
 import pytest
 
+from common import report
+from common.parity import greedy_parity
 from tests.support import REPO_ROOT, T5_FOLDER, load_script
 
 
@@ -135,8 +137,6 @@ def test_chat_context_grows_resets_and_drops_old_turns(tiny_t5):
 
 
 def test_generation_mismatch_away_from_a_near_tie_fails():
-    from common.parity import greedy_parity
-
     want_logits = np.zeros((4, 5))
     want_logits[:, 2] = 5.0  # the reference is sure of token 2 at every step
     got_logits = want_logits + 0.01
@@ -209,6 +209,4 @@ def test_memory_estimate_writes_every_size(cli, tmp_path, capsys):
 
 
 def test_readme_tables_are_generated_from_the_result_files():
-    from common import report
-
     assert report.cli([str(REPO_ROOT / T5_FOLDER), "--check"]) == 0

@@ -16,13 +16,24 @@ only spiece.model failed with a misleading tiktoken error.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import struct
 
 import pytest
 import torch
+from transformers import (
+    AutoModelForSeq2SeqLM,
+    ByT5Tokenizer,
+    MT5Config,
+    MT5ForConditionalGeneration,
+    T5Config,
+    T5ForConditionalGeneration,
+    T5Tokenizer,
+)
 
+from common.results import mark_test_checkpoint
 from tests.support import T5_FOLDER, load_script
 
 VARIANTS = ("t5-v1.0", "mt5", "wide", "byt5")
@@ -38,8 +49,6 @@ T5_SMALL_CONFIG_KEYS = ("d_ff", "d_kv", "d_model", "decoder_start_token_id", "dr
 
 def unigram_tokenizer(sentinels: bool):
     """The folder's small Unigram tokenizer; without T5's 100 sentinels for mT5 (whose vocabulary has none)."""
-    from transformers import T5Tokenizer
-
     tokenizer = load_script(T5_FOLDER, "make_tiny_checkpoint").train_tokenizer()
     if sentinels:
         return tokenizer
@@ -48,8 +57,6 @@ def unigram_tokenizer(sentinels: bool):
 
 
 def variant_model(name: str, vocab: int):
-    from transformers import MT5Config, MT5ForConditionalGeneration, T5Config, T5ForConditionalGeneration
-
     if name == "t5-v1.0":
         return T5ForConditionalGeneration(T5Config(vocab_size=vocab, d_model=32, d_ff=64, num_heads=4, d_kv=8,
                                                    num_layers=2, feed_forward_proj="relu", **SPECIALS))
@@ -68,9 +75,6 @@ def variant_model(name: str, vocab: int):
 
 def build_variant(name: str, folder):
     """Seeded tiny checkpoint of one variant, saved the way its real checkpoints are."""
-    from transformers import ByT5Tokenizer
-
-    from common.results import mark_test_checkpoint
 
     tokenizer = ByT5Tokenizer() if name == "byt5" else unigram_tokenizer(sentinels=name != "mt5")
     tokenizer.save_pretrained(folder)
@@ -131,8 +135,6 @@ def test_benchmark_counts_the_same_tokens_on_both_sides(variant, cli, tmp_path):
 
 
 def test_memory_estimate_matches_the_real_parameter_count(variant, cli, tmp_path):
-    from transformers import AutoModelForSeq2SeqLM
-
     name, folder = variant
     module = load_script(T5_FOLDER, "memory_estimate")
     real = sum(p.numel() for p in AutoModelForSeq2SeqLM.from_pretrained(folder).parameters())
@@ -173,8 +175,6 @@ def spiece_model(vocab: list) -> bytes:
 
 
 def _importable(module: str) -> bool:
-    import importlib.util
-
     try:
         return importlib.util.find_spec(module) is not None
     except ModuleNotFoundError:  # no parent package

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, T5Config, T5ForConditionalGeneration
 
 from tests.support import T5_FOLDER, load_script
 
@@ -27,8 +28,6 @@ PROMPTS = ["summarize: The council approved a new budget for parks and schools."
 
 
 def test_tiny_checkpoint_has_flan_t5_structure(tiny_t5):
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
     model = AutoModelForSeq2SeqLM.from_pretrained(tiny_t5)
     config = model.config
     assert type(model).__name__ == "T5ForConditionalGeneration"
@@ -53,8 +52,6 @@ def test_tiny_checkpoint_has_flan_t5_structure(tiny_t5):
 
 @pytest.mark.slow
 def test_summarize_matches_plain_transformers_generate(model, tiny_t5):
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(tiny_t5)
     peer = AutoModelForSeq2SeqLM.from_pretrained(tiny_t5).eval()
     for beams in (1, 3):
@@ -124,7 +121,6 @@ def test_memory_formula_matches_real_model_objects(model):
     counted = memory.t5_parameters(c.d_model, c.d_ff, c.num_heads, c.d_kv, c.num_layers, c.num_decoder_layers,
                                    vocab=c.vocab_size, buckets=c.relative_attention_num_buckets)
     assert counted["total"] == sum(p.numel() for p in model.model.parameters())
-    from transformers import T5Config, T5ForConditionalGeneration
 
     config = T5Config(**memory.FLAN_T5, **memory.KNOWN_SIZES["google/flan-t5-small"])
     with torch.device("meta"):

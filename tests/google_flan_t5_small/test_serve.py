@@ -14,9 +14,9 @@ from urllib.parse import urlparse
 
 import pytest
 
-from tests.support import REPO_ROOT, T5_FOLDER, load_script
-from tests.serving.client import post, sse_lines, start_server
 from tests.google_flan_t5_small.test_generality import build_variant
+from tests.serving.client import post, sse_lines, start_server
+from tests.support import REPO_ROOT, T5_FOLDER, load_script
 
 HANG_GUARD_S = 120  # a freed slot is answered at once; this only keeps a broken server from hanging the suite
 

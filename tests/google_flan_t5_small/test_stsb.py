@@ -5,6 +5,8 @@ import json
 
 import pytest
 
+from common.cli import UserError
+from common.stsb import load_local, load_pairs
 from tests.support import T5_FOLDER, load_script
 
 
@@ -35,8 +37,6 @@ def test_prompt_is_flans_stsb_template(stsb):
 
 def answer_gold(stsb, data, unanswered: int):
     """A stand-in for generation that answers each pair's gold score, except `unanswered` with no number."""
-    from common.stsb import load_pairs
-
     gold = {stsb.build_prompt(s1, s2): score for score, s1, s2 in load_pairs(str(data))[0]}
     calls = []
 
@@ -125,9 +125,6 @@ GOOD_ROWS = "1.0\ta cat\ta dog\n4.5\ta man runs\ta man is running\n"
     ("fields.tsv", HEADER + "1.0\ta\tb\textra\n", "line 2 has 4 tab-separated fields, the header 3"),
 ])
 def test_bad_gold_scores_and_rows_are_refused_naming_the_line(tmp_path, name, text, words):
-    from common.cli import UserError
-    from common.stsb import load_local
-
     (tmp_path / name).write_text(text, encoding="utf-8")
     with pytest.raises(UserError) as error:
         load_local(tmp_path / name)
@@ -135,8 +132,6 @@ def test_bad_gold_scores_and_rows_are_refused_naming_the_line(tmp_path, name, te
 
 
 def test_a_field_past_csvs_128kb_limit_is_read(tmp_path):
-    from common.stsb import load_local
-
     long_sentence = "x" * 200_000  # csv.field_size_limit() is 131072 by default
     (tmp_path / "long.tsv").write_text(HEADER + f"3.0\t{long_sentence}\tshort\n" + GOOD_ROWS, encoding="utf-8")
     assert load_local(tmp_path / "long.tsv")[0] == (3.0, long_sentence, "short")

@@ -15,6 +15,9 @@ import shutil
 
 import numpy as np
 import pytest
+import transformers as t
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
 
 from tests.support import MINITRON_FOLDER, load_script
 
@@ -27,9 +30,6 @@ PROMPTS = ["Question: Natalia sold 48 clips", "x", "The three most important inv
 
 def gpt2_tokenizer():
     """Like GPT-2's own: byte-level BPE whose only special token, <|endoftext|>, is bos, eos and unk; no pad."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -42,8 +42,6 @@ def gpt2_tokenizer():
 
 def spec(name: str, make_tokenizer):
     """(config, tokenizer) of a small source model: what `--from` reads (no weights)."""
-    import transformers as t
-
     if name == "gpt2":
         return t.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=1024, vocab_size=448, bos_token_id=0,
                             eos_token_id=0), gpt2_tokenizer()

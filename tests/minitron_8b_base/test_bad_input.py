@@ -6,6 +6,7 @@ import json
 import shutil
 
 import pytest
+from transformers import AutoModelForCausalLM
 
 from tests.support import MINITRON_FOLDER, load_script
 
@@ -20,8 +21,6 @@ def gsm8k():
 @pytest.fixture
 def no_weights(monkeypatch):
     """Any weight load fails the test: the refusal must come from the config and tokenizer alone."""
-    from transformers import AutoModelForCausalLM
-
     def refuse(*args, **kwargs):
         raise AssertionError("the weights loaded before the input was checked")
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)

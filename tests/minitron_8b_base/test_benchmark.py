@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
-from tests.support import MINITRON_FOLDER, load_script
+from common import report
+from tests.support import MINITRON_FOLDER, REPO_ROOT, load_script
 
 
 def check(result, requests, out_tokens):
@@ -58,16 +60,11 @@ def test_benchmark_bad_batch(cli, capsys):
 
 
 def test_readme_tables_are_generated_from_the_result_files():
-    from common import report
-    from tests.support import REPO_ROOT
-
     assert report.cli([str(REPO_ROOT / MINITRON_FOLDER), "--check"]) == 0
 
 
 def test_static_path_never_picks_end_of_sequence(tiny_minitron):
     """generate(min_new_tokens=out) masks EOS; the static path must too, or greedy tokens part where EOS is top-1."""
-    import torch
-
     bench = load_script(MINITRON_FOLDER, "benchmark")
     lm = bench.CausalLM(str(tiny_minitron), device="cpu", dtype="fp32")
     decoder = bench.StaticDecoder(lm, compile=False)
@@ -83,8 +80,6 @@ def test_static_path_never_picks_end_of_sequence(tiny_minitron):
 def test_divergence_is_judged_by_the_shared_near_tie_rule(tiny_minitron):
     """A parting forced onto a token the model does not prefer is reported where it happens, with both paths' logits
     teacher-forced there, and it is NOT a near-tie: the two paths agree to ~1e-6, far below its margin."""
-    import torch
-
     bench = load_script(MINITRON_FOLDER, "benchmark")
     lm = bench.CausalLM(str(tiny_minitron), device="cpu", dtype="fp32")
     fast = bench.StaticDecoder(lm, compile=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from tests.support import MINITRON_FOLDER, load_script
 
@@ -18,7 +19,6 @@ def test_eval_accuracy_fails_when_the_model_under_test_is_wrong(tiny_minitron, c
         real_init(self, *args, **kwargs)
         built.append(self)
         if len(built) == 1:  # the model under test is built before the reference
-            import torch
 
             with torch.no_grad():
                 self.model.get_output_embeddings().weight.mul_(1.05)

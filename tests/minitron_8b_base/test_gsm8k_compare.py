@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+import common.results
 from tests.support import MINITRON_FOLDER, load_script
 
 E = load_script(MINITRON_FOLDER, "eval_gsm8k")
@@ -132,8 +133,6 @@ def test_model_run_with_compare_to(tiny_minitron, shared_data, cli, tmp_path, ca
 
 
 def test_compare_only_into_an_unwritable_folder_is_refused_before_the_work(tmp_path, cli, capsys, monkeypatch):
-    import common.results
-
     this = write_run(tmp_path, "npu", [True, False, True])
     other = write_run(tmp_path, "cpu", [True, True, True])
     before = this.read_text()

@@ -1,10 +1,14 @@
 """GSM8K scoring as lm-eval gsm8k v3 does it: extraction filters, normalisation, pass@k, prompt layout."""
 from __future__ import annotations
 
+import importlib.machinery
 import json
 import random
 import sys
+import types
 
+import huggingface_hub
+import pandas as pd
 import pytest
 
 from tests.support import MINITRON_FOLDER, load_script
@@ -98,7 +102,6 @@ def test_fewshot_ids_are_lm_evals_seeded_stream():
 # --- where the data comes from: --data, the HF parquet files, the ModelScope mirror, offline ----------------------
 
 def _write_parquet(rows: list[dict], path):
-    import pandas as pd
     path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_parquet(path)
     return path
@@ -111,7 +114,6 @@ def _local_splits(shared_data, n=3):
 
 def test_hub_parquet_files_are_read(shared_data, tmp_path, monkeypatch):
     """The HF route: hf_hub_download hands back openai/gsm8k's parquet files; they must parse like the jsonl."""
-    import huggingface_hub
     test, train = _local_splits(shared_data)
     files = {s: _write_parquet(rows, tmp_path / "main" / f"{s}-00000-of-00001.parquet")
              for s, rows in (("test", test), ("train", train))}
@@ -126,8 +128,6 @@ def test_hub_parquet_files_are_read(shared_data, tmp_path, monkeypatch):
 
 
 def test_modelscope_is_tried_when_hf_fails(shared_data, tmp_path, monkeypatch):
-    import importlib.machinery
-    import types
     test, train = _local_splits(shared_data)
     snapshot = tmp_path / "ms"
     _write_parquet(train[:1], snapshot / "data" / "socratic" / "train.parquet")  # sorts first; must not be picked

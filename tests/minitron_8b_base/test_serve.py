@@ -9,9 +9,10 @@ import subprocess
 import sys
 
 import pytest
+import transformers as t
 
-from tests.support import MINITRON_FOLDER, load_script
 from tests.serving.client import ROOT, post, run_serve, sse_lines, start_server
+from tests.support import MINITRON_FOLDER, load_script
 
 openai = pytest.importorskip("openai")
 
@@ -145,8 +146,6 @@ def test_missing_model_folder_is_one_line_before_serving(tmp_path):
 
 # ---- a tiny Llama (GQA, one KV head): an architecture the folder was not written for ----
 def test_llama_greedy_batch_equals_causal_lm(tmp_path_factory, inference):
-    import transformers as t
-
     builder = load_script(FOLDER, "make_tiny_checkpoint")
     root = tmp_path_factory.mktemp("serve-llama")
     t.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,

@@ -13,8 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+from transformers import AutoTokenizer, BertConfig, BertModel, Qwen3Config, Qwen3ForCausalLM
 
 from common.cli import run_main
+from common.model_path import embedded_weights
 from common.porting import new_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,18 +71,11 @@ def passes_the_port_contract(repo: Path, folder: str) -> None:
 def cls_model(tmp_path_factory) -> Path:
     """A sentence-transformers model the repository knows nothing of: BERT 64 wide, CLS pooling, no Normalize,
     saved by the installed sentence-transformers (its current config format)."""
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
-    from transformers import BertConfig, BertModel
-
-    from common.model_path import embedded_weights
 
     folder = tmp_path_factory.mktemp("bert-cls")
     hf = folder / "hf"
-    from transformers import AutoTokenizer
 
     AutoTokenizer.from_pretrained(embedded_weights("all-MiniLM-L6-v2")).save_pretrained(hf)
-    import torch
 
     torch.manual_seed(0)
     BertModel(BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -92,9 +90,6 @@ def cls_model(tmp_path_factory) -> Path:
 def qwen_model(tmp_path_factory, smollm2) -> Path:
     """A causal LM of another architecture than the folder's (Qwen3, tied embeddings, 2 KV heads), random weights,
     with SmolLM2's real tokenizer: a local model folder the repository has never seen."""
-    import torch
-    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
-
     folder = tmp_path_factory.mktemp("qwen3-small")
     tokenizer = AutoTokenizer.from_pretrained(smollm2)
     config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=96, intermediate_size=192, num_hidden_layers=3,
@@ -129,8 +124,6 @@ def test_bad_arguments_are_one_line_and_leave_nothing(case, repo_copy, cls_model
 
 
 def test_encoder_port_for_a_cls_pooled_model(repo_copy, cls_model):
-    from sentence_transformers import SentenceTransformer
-
     made = scaffold(repo_copy, "--from", "all-MiniLM-L6-v2", "--name", "bert-cls-64", "--model", str(cls_model))
     assert made.returncode == 0, made.stderr[-3000:]
     folder = repo_copy / "bert-cls-64"

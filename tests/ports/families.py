@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sentence_transformers import SentenceTransformer
 
 from common.cli import UserError
 from common.porting.folders import model_folders
@@ -149,8 +150,6 @@ class SentenceTransformersTester(FamilyTester):
         assert f"({len(self.TEXTS)}, {width})" in out()
 
     def check_class(self, module, checkpoint, shared_data):
-        from sentence_transformers import SentenceTransformer
-
         encoder = self.model(module, checkpoint, dtype="fp32")
         peer = SentenceTransformer(str(checkpoint), device="cpu")
         got, want = encoder.encode(self.TEXTS, batch_size=2), peer.encode(self.TEXTS, batch_size=2)

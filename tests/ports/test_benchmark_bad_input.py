@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from common.bench import request_aggregate, request_metrics
 from tests.support import ANANDASKY_FOLDER, MINITRON_FOLDER, T5_FOLDER, load_script
 
 MINILM_FOLDER = "all-MiniLM-L6-v2"
@@ -128,8 +129,6 @@ def test_t5_input_tokens_past_the_tokenizer_limit(tiny_t5, cli, capsys, tmp_path
 
 def test_one_output_token_gives_null_not_nan():
     """The shared request statistics never produce NaN (write_json refuses it): one token has no TPOT."""
-    from common.bench import request_aggregate, request_metrics
-
     row = request_metrics(0.0, [0.5], batch=1)
     assert row["tpot_s"] is None and row["decode_tokens_per_s"] is None and row["itl_s"] == []
     stats = request_aggregate([row], 1, 1, 8, 1, 0.5)
