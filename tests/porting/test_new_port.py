@@ -123,6 +123,7 @@ def test_bad_arguments_are_one_line_and_leave_nothing(case, repo_copy, cls_model
     assert sorted(p.name for p in (repo_copy / "tests").iterdir()) == tests_before
 
 
+@pytest.mark.slow
 def test_encoder_port_for_a_cls_pooled_model(repo_copy, cls_model):
     made = scaffold(repo_copy, "--from", "all-MiniLM-L6-v2", "--name", "bert-cls-64", "--model", str(cls_model))
     assert made.returncode == 0, made.stderr[-3000:]
@@ -152,6 +153,7 @@ def test_encoder_port_for_a_cls_pooled_model(repo_copy, cls_model):
     assert float(np.abs(got - reference).max()) <= 1e-5
 
 
+@pytest.mark.slow
 def test_causal_lm_port_for_another_architecture(repo_copy, qwen_model):
     made = scaffold(repo_copy, "--from", "Minitron-8B-Base", "--name", "Qwen3-small", "--model", str(qwen_model))
     assert made.returncode == 0, made.stderr[-3000:]

@@ -32,6 +32,7 @@ def tiny_minilm(folder_checkpoint):
     return folder_checkpoint(MINILM_FOLDER, "make_tiny_checkpoint")  # the port contract's build of it, shared
 
 
+@pytest.mark.slow
 def test_minilm(tiny_minilm, cli, tmp_path, monkeypatch):
     bench = load_script(MINILM_FOLDER, "benchmark")
     monkeypatch.setattr(bench, "GEMM_PROBE_SIZE", 256)  # the device-peak probe: seconds on a loaded CPU otherwise
@@ -46,6 +47,7 @@ def test_minilm(tiny_minilm, cli, tmp_path, monkeypatch):
     assert result["headline"]["device_vs_cpu"] == result["rows"][-1]["vs_baseline_device"]  # the headline batch
 
 
+@pytest.mark.slow
 def test_minilm_without_the_flag_keeps_the_record_shape(tiny_minilm, cli, tmp_path, monkeypatch):
     bench = load_script(MINILM_FOLDER, "benchmark")
     monkeypatch.setattr(bench, "GEMM_PROBE_SIZE", 256)
@@ -57,6 +59,7 @@ def test_minilm_without_the_flag_keeps_the_record_shape(tiny_minilm, cli, tmp_pa
     assert "vs_baseline_device" not in result["rows"][0]
 
 
+@pytest.mark.slow
 def test_t5(tiny_t5, cli, tmp_path):
     bench = load_script(T5_FOLDER, "benchmark")
     out = tmp_path / "bench.json"
@@ -73,6 +76,7 @@ def test_t5(tiny_t5, cli, tmp_path):
     assert greedy["baseline_device"]["requests_per_s"] == block["generation"][0]["ours"]["requests_per_s"]
 
 
+@pytest.mark.slow
 def test_minitron(tiny_minitron, cli, tmp_path):
     bench = load_script(MINITRON_FOLDER, "benchmark")
     out = tmp_path / "bench.json"
@@ -86,6 +90,7 @@ def test_minitron(tiny_minitron, cli, tmp_path):
     assert result["paths_list"][1]["vs_baseline_device"] == result["paths"]["static"]["vs_baseline_device"]
 
 
+@pytest.mark.slow
 def test_anandasky(anandasky_checkpoint, cli, tmp_path):
     bench = load_script(ANANDASKY_FOLDER, "benchmark")
     out = tmp_path / "bench.json"

@@ -28,6 +28,7 @@ def booby_trap(folder, marker) -> None:
     (folder / "modeling_trapped.py").write_text(f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("folder", sorted(SCRIPTS))
 def test_piped_yes_never_runs_a_folders_code(folder, tmp_path):
     model = load_script(folder, "make_tiny_checkpoint").build(tmp_path / "model")
